@@ -1,0 +1,1 @@
+"""Export of trained models to ONNX and a torch-free predictor."""

@@ -1,0 +1,1 @@
+"""Data contract, manifests, splits, samplers and the pretraining data module."""

@@ -1,0 +1,1 @@
+"""Loss functions of medcl: pure typed functions with thin ``nn.Module`` wrappers."""

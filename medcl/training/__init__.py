@@ -1,0 +1,1 @@
+"""Lightning modules for pretraining."""

@@ -1,0 +1,1 @@
+"""Modality adapters: readers, manifests, preprocessing, views and default encoders per modality."""

@@ -1,0 +1,1 @@
+"""ECG/EEG (and other 1-D physiological signals): readers, manifests, transforms, encoders."""

@@ -1,0 +1,1 @@
+"""Task heads (classification, segmentation) fine-tuned on pretrained encoders."""
