@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from medcl.losses.infonce import _check_matrix, _check_pair, _check_positive, _full_precision, _prepare
+from medcl.losses._common import _check_matrix, _check_pair, _check_positive, _full_precision, _prepare
 
 __all__ = ["alignment", "uniformity"]
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from medcl.errors import ConfigError
-from medcl.losses.infonce import _check_matrix, _full_precision, _prepare
+from medcl.losses._common import _check_matrix, _full_precision, _prepare
 
 __all__ = ["KoLeoLoss", "koleo_loss"]
 

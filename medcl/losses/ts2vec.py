@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from medcl import dist
 from medcl.errors import ConfigError
-from medcl.losses.infonce import _float_input, _full_precision
+from medcl.losses._common import _float_input, _full_precision
 
 __all__ = [
     "TS2VecLoss",
