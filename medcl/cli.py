@@ -1,0 +1,144 @@
+"""The ``medcl`` command line.
+
+``medcl pretrain``  LightningCLI front end of :class:`~medcl.training.PretrainModule` and
+                    :class:`~medcl.data.PretrainDataModule` (``fit`` by default; ``validate``/``test``).
+``medcl index``     build, validate and save a manifest; bad files go to ``quarantine.csv``.
+
+Errors that bad data or settings cause (:class:`~medcl.errors.MedclError`) are printed as one line
+naming the file and the problem, with exit status 2 — never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from medcl.errors import MedclError
+
+__all__ = ["main"]
+
+USAGE = """usage: medcl <command> [options]
+
+commands:
+  pretrain   contrastive pretraining (LightningCLI): medcl pretrain --config configs/pretrain/simclr_ecg.yaml
+  index      index and validate a dataset:          medcl index ROOT --modality ecg --out DIR
+
+`medcl <command> --help` shows a command's options.
+"""
+
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
+
+#: modality name → "module:function" that indexes a folder of that modality.
+INDEXERS: dict[str, str] = {
+    "ecg": "modalities.signals.indexing:index_signals",
+    "eeg": "modalities.signals.indexing:index_signals",
+    "signal": "modalities.signals.indexing:index_signals",
+}
+
+
+def _load(target: str) -> Callable[..., Any]:
+    module_name, _, name = target.partition(":")
+    return getattr(importlib.import_module(module_name), name)
+
+
+# --------------------------------------------------------------------------------------------------
+def run_pretrain(argv: Sequence[str]) -> int:
+    """``medcl pretrain [fit|validate|test] --config FILE [--section.key value ...]``."""
+    from medcl.training.cli import PretrainCLI
+
+    args = list(argv)
+    if not args or args[0] not in (*LIGHTNING_SUBCOMMANDS, "-h", "--help"):
+        args = ["fit", *args]
+    PretrainCLI(args=args)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+def _index_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medcl index",
+        description="Build and validate a manifest. Every file is read and checked; files that cannot be "
+        "used are listed with the reason in OUT/quarantine.csv. Never stops at the first bad file.",
+    )
+    parser.add_argument("root", help="dataset folder")
+    parser.add_argument("--modality", required=True, choices=sorted(INDEXERS), help="what the files hold")
+    parser.add_argument("--out", required=True, help="folder for trials.csv, quarantine.csv and index.json")
+    parser.add_argument(
+        "--dataset",
+        default="auto",
+        help="layout: ptbxl, mitdb, eegmat, folder, or auto (detected from the files; default)",
+    )
+    parser.add_argument("--channels", nargs="+", default=None, help="channels every recording must have")
+    parser.add_argument(
+        "--max-nan-fraction", type=float, default=0.0, help="tolerated NaN fraction per channel"
+    )
+    parser.add_argument("--allow-flat", action="store_true", help="keep recordings with flat channels")
+    parser.add_argument("--table", default=None, help="folder layout: CSV with path, patient_id[, label]")
+    return parser
+
+
+def run_index(argv: Sequence[str]) -> int:
+    """``medcl index ROOT --modality ecg --out DIR``: writes the manifest and quarantine.csv."""
+    args = _index_parser().parse_args(list(argv))
+    index = _load(INDEXERS[args.modality])
+    save = _load(INDEXERS[args.modality].split(":")[0] + ":save_index")
+    builder_kwargs: dict[str, Any] = {}
+    if args.table is not None:
+        builder_kwargs["table"] = args.table
+    started = time.monotonic()
+
+    def progress(done: int, total: int) -> None:
+        if sys.stderr.isatty() or done == total:
+            print(
+                f"\rchecked {done}/{total} files",
+                end="\n" if done == total else "",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    result = index(
+        args.dataset,
+        args.root,
+        channels=args.channels,
+        max_nan_fraction=args.max_nan_fraction,
+        allow_flat=args.allow_flat,
+        progress=progress,
+        **builder_kwargs,
+    )
+    save(result, args.out)
+    print(f"{result.summary()} [{time.monotonic() - started:.1f} s] → {args.out}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"pretrain": run_pretrain, "index": run_index}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``medcl`` command."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    if args[0] == "--version":
+        from medcl import __version__
+
+        print(f"medcl {__version__}")
+        return 0
+    command = COMMANDS.get(args[0])
+    if command is None:
+        print(f"medcl: unknown command {args[0]!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    try:
+        return command(args[1:])
+    except MedclError as error:
+        print(f"medcl {args[0]}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

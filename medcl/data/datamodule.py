@@ -1,0 +1,234 @@
+"""The pretraining data module: manifest → patient-disjoint split → sample tables → grouped batches.
+
+:class:`PretrainDataModule` asks its adapter to index the data (every file validated, bad ones
+quarantined), splits *patients* into train/val/test, makes the sample tables and serves grouped batches
+of contrastive views. Everything needed to audit or reproduce the data side of a run is written next to
+the run (the trainer's ``log_dir``): ``trials.csv``, ``quarantine.csv``, ``splits.csv``,
+``samples_<split>.csv`` and ``data.json``. The saved split is read back and verified: a patient in two
+splits is an error.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pandas as pd
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from torch.utils.data import DataLoader
+
+import medcl
+from medcl.data.adapter import Adapter, IndexedData
+from medcl.data.dataset import ManifestDataset, collate_skipping
+from medcl.data.sampler import GroupedBatchSampler
+from medcl.data.splits import SPLITS, SplitConfig, assign_splits, load_splits, save_splits, verify_disjoint
+from medcl.errors import ConfigError
+
+__all__ = ["PretrainDataModule"]
+
+
+class PretrainDataModule(L.LightningDataModule):
+    """Data for contrastive pretraining.
+
+    Args:
+        adapter: the modality adapter (e.g. ``modalities.signals.SignalAdapter``).
+        batch_size: samples per batch (per process).
+        samples_per_trial: samples of one trial kept together in a batch (trial-level positives).
+        trials_per_patient: trials of one patient kept together in a batch (patient-level positives).
+        n_views: contrastive views per sample.
+        split: how patients are split (:class:`~medcl.data.splits.SplitConfig`).
+        seed: seed of the batch plan and of the views.
+        num_workers: DataLoader worker processes.
+        on_error: ``"raise"`` (default) or ``"skip"`` for samples that fail to load.
+        use_labels: load labels (for the online linear probe) when the adapter has classes.
+        run_dir: where to write the data record; default: the trainer's ``log_dir``.
+    """
+
+    def __init__(
+        self,
+        adapter: Adapter,
+        batch_size: int = 64,
+        samples_per_trial: int = 2,
+        trials_per_patient: int = 2,
+        n_views: int = 2,
+        split: SplitConfig | None = None,
+        seed: int = 0,
+        num_workers: int = 0,
+        on_error: str = "raise",
+        use_labels: bool = True,
+        run_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if on_error not in ("raise", "skip"):
+            raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
+        self.adapter = adapter
+        self.batch_size = batch_size
+        self.samples_per_trial = samples_per_trial
+        self.trials_per_patient = trials_per_patient
+        self.n_views = n_views
+        self.split = split if split is not None else SplitConfig()
+        self.seed = seed
+        self.num_workers = num_workers
+        self.on_error = on_error
+        self.use_labels = use_labels
+        self.run_dir = run_dir
+        self.indexed: IndexedData | None = None
+        self.assignment: pd.Series | None = None
+        self.samples: dict[str, pd.DataFrame] = {}
+
+    # ----------------------------------------------------------------------------------------------
+    # what the model needs to know about the data (LightningCLI links these on instantiation)
+    @property
+    def probe_num_classes(self) -> int | None:
+        """Number of label classes for the online probe (None: no labels)."""
+        names = self.adapter.class_names if self.use_labels else None
+        return len(names) if names else None
+
+    @property
+    def probe_task(self) -> str | None:
+        """``"multilabel"`` or ``"multiclass"`` (None: no labels)."""
+        return self.adapter.label_mode if self.probe_num_classes else None
+
+    # ----------------------------------------------------------------------------------------------
+    def _resolve_run_dir(self) -> Path | None:
+        if self.run_dir is not None:
+            return Path(self.run_dir)
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None and trainer.log_dir is not None:
+            return Path(trainer.log_dir)
+        return None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Index, split and segment once (idempotent); write and verify the data record."""
+        if self.indexed is not None:
+            return
+        indexed = self.adapter.index()
+        if len(indexed.trials) == 0:
+            raise ConfigError(
+                f"no usable recordings in {indexed.source or 'the data'}: "
+                f"{len(indexed.quarantine)} file(s) quarantined"
+            )
+        assignment = assign_splits(indexed.trials, self.split)
+        trials = indexed.trials.assign(patient_id=indexed.trials["patient_id"].astype(str))
+        trials = trials[trials["patient_id"].isin(assignment.index)]
+        samples = self.adapter.make_samples(trials, indexed.events)
+        samples = samples.assign(split=samples["patient_id"].astype(str).map(assignment).to_numpy())
+        verify_disjoint(samples[["patient_id", "split"]])
+        self.samples = {name: samples[samples["split"] == name].reset_index(drop=True) for name in SPLITS}
+        if len(self.samples["train"]) == 0:
+            raise ConfigError("the training split has no samples; check the split settings")
+        self.indexed = indexed
+        self.assignment = assignment
+        run_dir = self._resolve_run_dir()
+        if run_dir is not None:
+            self._write_record(run_dir, trials)
+            self._verify_saved_split(run_dir)
+        rank_zero_info(self.describe())
+
+    @rank_zero_only
+    def _write_record(self, run_dir: Path, trials: pd.DataFrame) -> None:
+        assert self.indexed is not None and self.assignment is not None
+        run_dir.mkdir(parents=True, exist_ok=True)
+        trials.to_csv(run_dir / "trials.csv", index=False)
+        self.indexed.quarantine.to_csv(run_dir / "quarantine.csv", index=False)
+        save_splits(self.assignment, run_dir / "splits.csv")
+        for name, table in self.samples.items():
+            table.to_csv(run_dir / f"samples_{name}.csv", index=False)
+        record = {
+            "medcl_version": medcl.__version__,
+            "source": self.indexed.source,
+            "modality": self.adapter.modality,
+            "input": self.adapter.input_spec(),
+            "split": {
+                **self.split.__dict__,
+                "val_folds": list(self.split.val_folds),
+                "test_folds": list(self.split.test_folds),
+            },
+            "counts": self.counts(),
+            "quarantined_files": len(self.indexed.quarantine),
+        }
+        with (run_dir / "data.json").open("w") as handle:
+            json.dump(record, handle, indent=2, default=str)
+
+    def _verify_saved_split(self, run_dir: Path) -> None:
+        path = run_dir / "splits.csv"
+        if path.is_file():
+            saved = load_splits(path)  # verifies disjointness of what is on disk
+            if not saved.sort_index().equals(self.assignment.sort_index()):
+                raise ConfigError(f"{path} does not hold the split this run uses")
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Patients, trials and samples per split."""
+        return {
+            name: {
+                "patients": int(table["patient_id"].nunique()),
+                "trials": int(table["trial_id"].nunique()),
+                "samples": len(table),
+            }
+            for name, table in self.samples.items()
+        }
+
+    def describe(self) -> str:
+        """One line about the data of this run."""
+        assert self.indexed is not None
+        parts = [
+            f"{name} {c['patients']} patients/{c['samples']} samples" for name, c in self.counts().items()
+        ]
+        text = f"data: {self.indexed.summary()}; " + ", ".join(parts)
+        if len(self.indexed.quarantine):
+            run_dir = self._resolve_run_dir()
+            where = f" (see {run_dir / 'quarantine.csv'})" if run_dir is not None else ""
+            text += f"; {len(self.indexed.quarantine)} file(s) quarantined{where}"
+        return text
+
+    # ----------------------------------------------------------------------------------------------
+    def dataset(self, split: str, n_views: int | None = None) -> ManifestDataset:
+        """The dataset of one split (after :meth:`setup`); ``n_views=0`` gives preprocessed inputs."""
+        if split not in self.samples:
+            raise ConfigError(f"unknown split {split!r} or setup() not run yet")
+        names = self.adapter.class_names if self.use_labels else None
+        return ManifestDataset(
+            self.samples[split],
+            self.adapter,
+            n_views=self.n_views if n_views is None else n_views,
+            seed=self.seed,
+            on_error=self.on_error,
+            label_names=names,
+            label_mode=self.adapter.label_mode,
+        )
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.dataset(split)
+        if len(dataset) == 0:
+            raise ConfigError(f"the {split} split has no samples")
+        sampler = GroupedBatchSampler(
+            dataset.patient_codes,
+            dataset.trial_codes,
+            batch_size=min(self.batch_size, len(dataset)),
+            samples_per_trial=self.samples_per_trial,
+            trials_per_patient=self.trials_per_patient,
+            seed=self.seed,
+            shuffle=shuffle,
+            drop_last=shuffle,
+        )
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=collate_skipping,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | Sequence[Any]:
+        return self._loader("val", shuffle=False) if len(self.samples.get("val", [])) else []
+
+    def test_dataloader(self) -> DataLoader | Sequence[Any]:
+        return self._loader("test", shuffle=False) if len(self.samples.get("test", [])) else []

@@ -1,0 +1,6 @@
+"""Pretraining objectives: turn encoder outputs of several views into named loss terms."""
+
+from medcl.objectives.base import EncodedViews, Objective
+from medcl.objectives.simclr import SimCLR
+
+__all__ = ["EncodedViews", "Objective", "SimCLR"]

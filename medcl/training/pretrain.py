@@ -1,0 +1,252 @@
+"""The pretraining LightningModule: encoder + objective, an online linear probe, and diagnostics.
+
+:class:`PretrainModule` encodes all views of a batch in one encoder call, hands the embeddings (and,
+when the objective asks, time-resolved features) to the objective, and adds, when labels exist, an
+online linear probe trained on *detached* embeddings (it never shapes the encoder; it tells how linearly
+separable the classes are while pretraining runs). Alignment and uniformity (Wang & Isola, 2020) of the
+encoder's normalised embeddings are logged at every step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch import Tensor, nn
+
+import medcl
+from medcl.configurable import module_spec
+from medcl.data import contract
+from medcl.errors import ConfigError, TooManyBadSamplesError
+from medcl.losses.alignment import alignment, uniformity
+from medcl.objectives.base import EncodedViews, Objective
+
+__all__ = ["PretrainModule"]
+
+
+class PretrainModule(L.LightningModule):
+    """Contrastive pretraining of an encoder.
+
+    Args:
+        encoder: a module with ``embedding_dim``; ``forward(x) → (B, D)``; for objectives that need
+            features also ``forward_features(x) → (B, T, D)`` and ``pool(features) → (B, D)``.
+        objective: the pretraining objective (e.g. :class:`medcl.objectives.SimCLR`).
+        lr: AdamW learning rate of encoder and objective heads.
+        weight_decay: AdamW weight decay.
+        warmup_epochs: linear warm-up length; then cosine decay to 0 at ``max_epochs``.
+        probe_num_classes: classes of the online linear probe (None: no probe).
+        probe_task: ``"multilabel"`` or ``"multiclass"``.
+        probe_lr: learning rate of the probe.
+        max_skip_fraction: with ``on_error="skip"`` data, stop once more than this fraction of the
+            samples seen so far failed to load.
+        compile_encoder: run the encoder through ``torch.compile`` (weights and checkpoints unchanged).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        objective: Objective,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        warmup_epochs: int = 1,
+        probe_num_classes: int | None = None,
+        probe_task: str | None = None,
+        probe_lr: float = 1e-3,
+        max_skip_fraction: float = 0.05,
+        compile_encoder: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["encoder", "objective"])
+        embedding_dim = getattr(encoder, "embedding_dim", None)
+        if not isinstance(embedding_dim, int):
+            raise ConfigError(f"{type(encoder).__name__} has no integer attribute embedding_dim")
+        if objective.needs_features and not hasattr(encoder, "forward_features"):
+            raise ConfigError(
+                f"{type(objective).__name__} needs time-resolved features but {type(encoder).__name__} has "
+                "no forward_features()"
+            )
+        if probe_num_classes is not None and probe_task not in ("multilabel", "multiclass"):
+            raise ConfigError(f"probe_task must be 'multilabel' or 'multiclass', got {probe_task!r}")
+        if not 0.0 <= max_skip_fraction <= 1.0:
+            raise ConfigError(f"max_skip_fraction must be in [0, 1], got {max_skip_fraction}")
+        self.encoder = encoder
+        self.objective = objective
+        objective.bind(embedding_dim)
+        self.probe = nn.Linear(embedding_dim, probe_num_classes) if probe_num_classes else None
+        self.probe_auroc: torchmetrics.Metric | None = None
+        if probe_num_classes:
+            self.probe_auroc = (
+                torchmetrics.classification.MultilabelAUROC(num_labels=probe_num_classes, average="macro")
+                if probe_task == "multilabel"
+                else torchmetrics.classification.MulticlassAUROC(
+                    num_classes=probe_num_classes, average="macro"
+                )
+            )
+        self._encode_fn = torch.compile(encoder) if compile_encoder else encoder
+        self._seen = 0
+        self._skipped = 0
+
+    # ----------------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        adapter = getattr(datamodule, "adapter", None)
+        expected = getattr(adapter, "num_channels", None)
+        actual = getattr(self.encoder, "in_channels", None)
+        if expected is not None and actual is not None and expected != actual:
+            raise ConfigError(
+                f"the encoder takes {actual} input channels but the data has {expected}; set the encoder's "
+                f"in_channels to {expected} (or select {actual} channels in the adapter)"
+            )
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Pooled embeddings ``(N, D)`` and, if the objective needs them, features ``(N, T, D)``."""
+        if self.objective.needs_features:
+            features = self.encoder.forward_features(x)
+            return self.encoder.pool(features), features
+        return self._encode_fn(x), None
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Pooled embeddings of a batch of inputs: ``(B, C, ...) → (B, D)``."""
+        return self.encode(x)[0]
+
+    # ----------------------------------------------------------------------------------------------
+    def _step(self, batch: dict[str, Any], stage: str) -> Tensor | None:
+        skipped = int(batch.get(contract.N_SKIPPED, 0))
+        views = batch.get(contract.VIEWS)
+        n_loaded = 0 if views is None else int(views.shape[0])
+        if stage == "train":
+            self._account_skips(n_loaded, skipped)
+        if views is None:
+            return None
+        n_views, batch_size = views.shape[1], views.shape[0]
+        x = views.transpose(0, 1).reshape(n_views * batch_size, *views.shape[2:])
+        pooled, features = self.encode(x)
+        pooled = pooled.reshape(n_views, batch_size, -1)
+        if features is not None:
+            features = features.reshape(n_views, batch_size, *features.shape[1:])
+        terms = self.objective(EncodedViews(pooled, features, batch[contract.PATIENT], batch[contract.TRIAL]))
+        loss = terms["loss"]
+        logged = {f"{stage}/{name}": value.detach() for name, value in terms.items()}
+        with torch.no_grad():
+            z = F.normalize(pooled.detach().float(), dim=-1)
+            logged[f"{stage}/alignment"] = alignment(z[0], z[1], normalize=False)
+            logged[f"{stage}/uniformity"] = uniformity(z[0], normalize=False)
+        if self.probe is not None and contract.LABEL in batch:
+            probe_loss = self._probe_step(pooled[0].detach(), batch, stage)
+            if probe_loss is not None:
+                logged[f"{stage}/probe_loss"] = probe_loss.detach()
+                loss = loss + probe_loss
+        on_step = stage == "train"
+        self.log_dict(
+            logged,
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=False,
+            batch_size=batch_size,
+            sync_dist=not on_step,
+        )
+        self.log(
+            f"{stage}/loss",
+            terms["loss"].detach(),
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch_size,
+            sync_dist=not on_step,
+        )
+        return loss
+
+    def _probe_step(self, embeddings: Tensor, batch: dict[str, Any], stage: str) -> Tensor | None:
+        assert self.probe is not None and self.probe_auroc is not None
+        mask = batch[contract.HAS_LABEL].bool()
+        if not bool(mask.any()):
+            return None
+        logits = self.probe(embeddings[mask].float())
+        target = batch[contract.LABEL][mask]
+        if self.hparams["probe_task"] == "multilabel":
+            loss = F.binary_cross_entropy_with_logits(logits, target.float())
+            scores, target_int = torch.sigmoid(logits), target.long()
+        else:
+            loss = F.cross_entropy(logits, target.long())
+            scores, target_int = torch.softmax(logits, dim=-1), target.long()
+        if stage != "train":
+            self.probe_auroc.update(scores.detach(), target_int)
+        return loss
+
+    def _account_skips(self, loaded: int, skipped: int) -> None:
+        self._seen += loaded + skipped
+        self._skipped += skipped
+        if skipped:
+            self.log(
+                "train/skipped_samples", float(self._skipped), on_step=True, on_epoch=False, batch_size=1
+            )
+        limit = self.hparams["max_skip_fraction"]
+        if self._skipped and self._skipped > limit * self._seen:
+            raise TooManyBadSamplesError(
+                f"{self._skipped} of {self._seen} samples failed to load (more than max_skip_fraction="
+                f"{limit}); the log names each file and reason"
+            )
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def _log_probe_metric(self, stage: str) -> None:
+        if self.probe_auroc is not None and self.probe_auroc.update_count > 0:
+            self.log(f"{stage}/probe_auroc", self.probe_auroc.compute(), prog_bar=True, sync_dist=False)
+            self.probe_auroc.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_probe_metric("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_probe_metric("test")
+
+    # ----------------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        probe_params = list(self.probe.parameters()) if self.probe is not None else []
+        probe_ids = {id(p) for p in probe_params}
+        main_params = [p for p in self.parameters() if id(p) not in probe_ids and p.requires_grad]
+        groups: list[dict[str, Any]] = [{"params": main_params, "lr": self.hparams["lr"]}]
+        if probe_params:
+            groups.append({"params": probe_params, "lr": self.hparams["probe_lr"], "weight_decay": 0.0})
+        optimizer = torch.optim.AdamW(
+            groups, lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"]
+        )
+        total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        epochs = max(int(self.trainer.max_epochs or 1), 1)
+        warmup = min(total_steps - 1, round(total_steps * self.hparams["warmup_epochs"] / epochs))
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(total_steps - warmup, 1)
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+        # The probe learns at a constant rate: only the first group follows warm-up and cosine decay.
+        lambdas = [factor] + [lambda _step: 1.0] * (len(groups) - 1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ----------------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Add what downstream code needs to rebuild the encoder without pickled objects."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        adapter = getattr(datamodule, "adapter", None)
+        checkpoint["medcl"] = {
+            "medcl_version": medcl.__version__,
+            "encoder": module_spec(self.encoder),
+            "objective": module_spec(self.objective),
+            "modality": getattr(adapter, "modality", None),
+            "input": adapter.input_spec() if adapter is not None else None,
+            "class_names": list(adapter.class_names) if adapter is not None and adapter.class_names else None,
+        }
