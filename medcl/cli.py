@@ -32,17 +32,12 @@ commands:
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
 
-#: modality name → "module:function" that indexes a folder of that modality.
-INDEXERS: dict[str, str] = {
-    "ecg": "modalities.signals.indexing:index_signals",
-    "eeg": "modalities.signals.indexing:index_signals",
-    "signal": "modalities.signals.indexing:index_signals",
+#: modality name → (module, indexing function); the module also has ``save_index(result, out_dir)``.
+INDEXERS: dict[str, tuple[str, str]] = {
+    "ecg": ("modalities.signals.indexing", "index_signals"),
+    "eeg": ("modalities.signals.indexing", "index_signals"),
+    "signal": ("modalities.signals.indexing", "index_signals"),
 }
-
-
-def _load(target: str) -> Callable[..., Any]:
-    module_name, _, name = target.partition(":")
-    return getattr(importlib.import_module(module_name), name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -84,8 +79,9 @@ def _index_parser() -> argparse.ArgumentParser:
 def run_index(argv: Sequence[str]) -> int:
     """``medcl index ROOT --modality ecg --out DIR``: writes the manifest and quarantine.csv."""
     args = _index_parser().parse_args(list(argv))
-    index = _load(INDEXERS[args.modality])
-    save = _load(INDEXERS[args.modality].split(":")[0] + ":save_index")
+    module_name, function_name = INDEXERS[args.modality]
+    module = importlib.import_module(module_name)
+    index, save = getattr(module, function_name), module.save_index
     builder_kwargs: dict[str, Any] = {}
     if args.table is not None:
         builder_kwargs["table"] = args.table
@@ -110,7 +106,7 @@ def run_index(argv: Sequence[str]) -> int:
         **builder_kwargs,
     )
     save(result, args.out)
-    print(f"{result.summary()} [{time.monotonic() - started:.1f} s] → {args.out}")
+    print(f"{result.summary()} [{time.monotonic() - started:.1f} s; written to {args.out}]")
     return 0
 
 

@@ -98,7 +98,7 @@ class PretrainDataModule(L.LightningDataModule):
     def _resolve_run_dir(self) -> Path | None:
         if self.run_dir is not None:
             return Path(self.run_dir)
-        trainer = getattr(self, "_trainer", None)
+        trainer = self.trainer
         if trainer is not None and trainer.log_dir is not None:
             return Path(trainer.log_dir)
         return None

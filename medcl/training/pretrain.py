@@ -130,7 +130,7 @@ class PretrainModule(L.LightningModule):
             features = features.reshape(n_views, batch_size, *features.shape[1:])
         terms = self.objective(EncodedViews(pooled, features, batch[contract.PATIENT], batch[contract.TRIAL]))
         loss = terms["loss"]
-        logged = {f"{stage}/{name}": value.detach() for name, value in terms.items()}
+        logged = {f"{stage}/{name}": value.detach() for name, value in terms.items() if name != "loss"}
         with torch.no_grad():
             z = F.normalize(pooled.detach().float(), dim=-1)
             logged[f"{stage}/alignment"] = alignment(z[0], z[1], normalize=False)

@@ -29,6 +29,7 @@ from modalities.signals.manifests import (
     REQUIRED_COLUMNS,
     Manifest,
     build_manifest,
+    detect_layout,
 )
 from modalities.signals.quality import validate_record
 from modalities.signals.readers import read_signal
@@ -105,7 +106,8 @@ def index_signals(
     (they differ from the header's only for multi-rate files whose fastest channel was not selected).
 
     Args:
-        dataset: ``"ptbxl"``, ``"mitdb"``, ``"eegmat"`` or ``"folder"``.
+        dataset: ``"ptbxl"``, ``"mitdb"``, ``"eegmat"``, ``"folder"`` or ``"auto"`` (detected from the
+            files, :func:`~modalities.signals.manifests.detect_layout`).
         root: the dataset folder (or ``"bundled:<name>"``).
         channels: channels every usable recording must have (and that are checked); ``None``: all.
         max_nan_fraction: NaN fraction allowed per channel.
@@ -122,6 +124,8 @@ def index_signals(
         raise ConfigError(f"channels must be a list of names, not the string {channels!r}")
     if not 0.0 <= max_nan_fraction <= 1.0:
         raise ConfigError(f"max_nan_fraction must be in [0, 1], got {max_nan_fraction}")
+    if dataset == "auto":
+        dataset = detect_layout(root)
     listed = build_manifest(dataset, root, **builder_kwargs)
     trials = listed.trials
     missing = listed.missing

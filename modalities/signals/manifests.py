@@ -55,6 +55,7 @@ __all__ = [
     "SIGNAL_SUFFIXES",
     "Manifest",
     "build_manifest",
+    "detect_layout",
     "eegmat_manifest",
     "folder_manifest",
     "mitdb_manifest",
@@ -611,15 +612,31 @@ BUILDERS: dict[str, Callable[..., Manifest]] = {
 }
 
 
+def detect_layout(root: str | Path) -> str:
+    """Which builder fits the folder: ``"ptbxl"`` (has ``ptbxl_database.csv``), ``"mitdb"`` (WFDB
+    records with ``.atr`` beat annotations), ``"eegmat"`` (``SubjectNN_1.edf``/``SubjectNN_2.edf``),
+    else ``"folder"``."""
+    folder = _root(root)
+    if (folder / "ptbxl_database.csv").is_file():
+        return "ptbxl"
+    if any(folder.glob("*.atr")) and any(folder.glob("*.hea")):
+        return "mitdb"
+    if any(_EEGMAT_FILE.match(p.name) for p in folder.glob("Subject*_*.edf")):
+        return "eegmat"
+    return "folder"
+
+
 def build_manifest(dataset: str, root: str | Path, **kwargs: Any) -> Manifest:
-    """Build the manifest of ``dataset`` (``"ptbxl"``, ``"mitdb"``, ``"eegmat"`` or ``"folder"``) at
-    ``root``; ``kwargs`` go to that builder (``sampling_rate`` for PTB-XL; ``table``, ``pattern``,
-    ``fs`` for a folder).
+    """Build the manifest of ``dataset`` (``"ptbxl"``, ``"mitdb"``, ``"eegmat"``, ``"folder"``, or
+    ``"auto"``: :func:`detect_layout`) at ``root``; ``kwargs`` go to that builder (``sampling_rate`` for
+    PTB-XL; ``records`` for MIT-BIH; ``table``, ``pattern``, ``fs`` for a folder).
 
     Raises:
         ConfigError: an unknown dataset or an argument its builder does not take; and whatever the
             builder raises.
     """
+    if dataset == "auto":
+        dataset = detect_layout(root)
     builder = BUILDERS.get(dataset)
     if builder is None:
         raise ConfigError(f"unknown signal dataset {dataset!r}; choose one of {', '.join(BUILDERS)}")

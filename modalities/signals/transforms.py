@@ -32,7 +32,8 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 from scipy import signal as sps
 
-from medcl.errors import ConfigError, DataError, InvalidSignalError, MissingChannelError
+from medcl.errors import ConfigError, DataError, InvalidSignalError
+from modalities.signals.readers import normalize_channel_name, select_channels
 
 __all__ = [
     "BandPass",
@@ -469,15 +470,12 @@ class NormalizePerChanneld(MapTransform):
 # ----------------------------------------------------------------------------------------------------
 # channels
 # ----------------------------------------------------------------------------------------------------
-def _channel_key(name: str) -> str:
-    return name.strip().casefold()
-
-
 class SelectChannels(Transform):
     """Pick channels by name, in the order asked for.
 
-    Names match ignoring case and surrounding spaces (``"aVR"`` == ``"AVR"``), nothing else: ``"Fp1"``
-    does not match ``"EEG Fp1"``.
+    Names match as the readers match them (:func:`~modalities.signals.readers.select_channels`): exactly,
+    or else after :func:`~modalities.signals.readers.normalize_channel_name` (case, ``"EEG "`` prefixes,
+    ``"-REF"`` suffixes, ``"AVR"`` == ``"aVR"``).
 
     Args:
         channels: the names to keep, in output order (non-empty, no duplicates).
@@ -486,16 +484,15 @@ class SelectChannels(Transform):
         ``(C, T)`` with ``C == len(channel_names)`` → ``(len(channels), T)``, float32.
 
     Raises (when called):
-        MissingChannelError: a requested channel is not in the record (the message lists what is
-            missing and what the record has).
-        InvalidSignalError: ``channel_names`` does not match the signal, or a requested name matches
-            two of the record's channels.
+        MissingChannelError: a requested channel is not in the record, or matches two of its channels
+            (the message lists what is missing and what the record has).
+        InvalidSignalError: ``channel_names`` does not match the signal.
     """
 
     def __init__(self, channels: Sequence[str]) -> None:
         if isinstance(channels, str) or not channels or not all(isinstance(c, str) for c in channels):
             raise ConfigError(f"SelectChannels: channels must be a non-empty list of names, got {channels!r}")
-        keys = [_channel_key(c) for c in channels]
+        keys = [normalize_channel_name(c) for c in channels]
         duplicates = sorted({c for c, k in zip(channels, keys, strict=True) if keys.count(k) > 1})
         if duplicates:
             raise ConfigError(f"SelectChannels: channels asked for twice: {', '.join(duplicates)}")
@@ -503,24 +500,7 @@ class SelectChannels(Transform):
 
     def indices(self, channel_names: Sequence[str], path: str | None = None) -> list[int]:
         """Positions in ``channel_names`` of the requested channels, in the requested order."""
-        positions: dict[str, list[int]] = {}
-        for i, name in enumerate(channel_names):
-            positions.setdefault(_channel_key(str(name)), []).append(i)
-        missing = [c for c in self.channels if _channel_key(c) not in positions]
-        if missing:
-            raise MissingChannelError(
-                path,
-                f"missing lead(s) {', '.join(missing)}; the record has: {', '.join(map(str, channel_names))}",
-                "choose channels every record has, or leave records without them out of the manifest",
-            )
-        ambiguous = [c for c in self.channels if len(positions[_channel_key(c)]) > 1]
-        if ambiguous:
-            raise InvalidSignalError(
-                path,
-                f"channel name(s) {', '.join(ambiguous)} match several channels of the record "
-                f"({', '.join(map(str, channel_names))})",
-            )
-        return [positions[_channel_key(c)][0] for c in self.channels]
+        return select_channels(path or "<signal>", [str(name) for name in channel_names], self.channels)
 
     def __call__(self, signal: Any, channel_names: Sequence[str], path: str | None = None) -> np.ndarray:
         """``signal`` ``(C, T)`` restricted to the requested channels: ``(len(channels), T)`` float32.

@@ -278,14 +278,20 @@ def test_select_channels_missing_lead_error_names_file_and_leads(ptbxl_sample: d
     message = str(info.value)
     assert info.value.path == ptbxl_sample["meta"]["path"]
     assert message.startswith(ptbxl_sample["meta"]["path"])
-    assert "missing lead(s) V7, X1" in message
-    assert "the record has: I, II, III, AVR, AVL, AVF, V1, V2, V3, V4, V5, V6" in message
+    assert "missing channel(s) V7, X1" in message
+    assert "the record has I, II, III, AVR, AVL, AVF, V1, V2, V3, V4, V5, V6" in message
 
 
 @pytest.mark.parametrize("channels", [[], "I", ["I", "i"], [1, 2]])
 def test_select_channels_rejects_bad_lists(channels: object) -> None:
     with pytest.raises(ConfigError):
         SelectChannels(channels)  # type: ignore[arg-type]
+
+
+def test_select_channels_matches_eeg_names_like_the_readers() -> None:
+    signal = np.arange(6, dtype=np.float32).reshape(3, 2)
+    out = SelectChannels(["Fp1", "T7"])(signal, ["EEG T3-REF", "EEG Fp1", "ECG"])
+    np.testing.assert_array_equal(out, signal[[1, 0]])
 
 
 def test_select_channels_checks_names_against_signal() -> None:
