@@ -7,9 +7,9 @@ adapter's random view transform is applied ``n_views`` times. The randomness of 
 and after a resume.
 
 Bad samples: ``on_error="raise"`` (default) re-raises the adapter's :class:`~medcl.errors.DataError`
-(which names the file and the problem) with the sample's position; ``on_error="skip"`` logs the file and
-reason once, and the item is dropped by :func:`collate_skipping`, which counts the drops per batch so
-the training module can report them and stop past a configured fraction.
+(which names the file and the problem) with the sample's position; ``on_error="skip"`` logs the file
+and reason of every failing sample, and the item is dropped by :func:`collate_skipping`, which counts
+the drops per batch so the training module can report them and stop past a configured fraction.
 """
 
 from __future__ import annotations
@@ -162,7 +162,11 @@ class ManifestDataset(Dataset):
                 item[self.adapter.input_key] = torch.as_tensor(
                     np.ascontiguousarray(sample[self.adapter.input_key]), dtype=torch.float32
                 )
-        except DataError as error:
+        except (DataError, RuntimeError) as raised:
+            # MONAI's Compose wraps errors of its transforms in RuntimeError: find the DataError inside.
+            error = _data_error_in(raised)
+            if error is None:
+                raise
             if self.on_error == "raise":
                 raise type(error)(
                     error.path, f"{error.reason} [sample {index} of the sample table]", error.hint
@@ -174,6 +178,16 @@ class ManifestDataset(Dataset):
             item[contract.LABEL] = torch.as_tensor(values[index])
             item[contract.HAS_LABEL] = bool(has_label[index])
         return item
+
+
+def _data_error_in(error: BaseException) -> DataError | None:
+    """``error`` itself or the first :class:`DataError` among its causes, else None."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, DataError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def collate_skipping(items: list[dict[str, Any] | None]) -> dict[str, Any]:
