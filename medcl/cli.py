@@ -48,7 +48,13 @@ def run_pretrain(argv: Sequence[str]) -> int:
     args = list(argv)
     if not args or args[0] not in (*LIGHTNING_SUBCOMMANDS, "-h", "--help"):
         args = ["fit", *args]
-    PretrainCLI(args=args)
+    # LightningCLI reads sys.argv (and names itself after argv[0] in its usage lines).
+    saved = sys.argv
+    sys.argv = ["medcl pretrain", *args]
+    try:
+        PretrainCLI()
+    finally:
+        sys.argv = saved
     return 0
 
 

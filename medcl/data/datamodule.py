@@ -126,22 +126,23 @@ class PretrainDataModule(L.LightningDataModule):
         self.assignment = assignment
         run_dir = self._resolve_run_dir()
         if run_dir is not None:
-            self._write_record(run_dir, trials)
-            self._verify_saved_split(run_dir)
+            self._write_record(run_dir, trials, indexed, assignment)
+            self._verify_saved_split(run_dir, assignment)
         rank_zero_info(self.describe())
 
     @rank_zero_only
-    def _write_record(self, run_dir: Path, trials: pd.DataFrame) -> None:
-        assert self.indexed is not None and self.assignment is not None
+    def _write_record(
+        self, run_dir: Path, trials: pd.DataFrame, indexed: IndexedData, assignment: pd.Series
+    ) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         trials.to_csv(run_dir / "trials.csv", index=False)
-        self.indexed.quarantine.to_csv(run_dir / "quarantine.csv", index=False)
-        save_splits(self.assignment, run_dir / "splits.csv")
+        indexed.quarantine.to_csv(run_dir / "quarantine.csv", index=False)
+        save_splits(assignment, run_dir / "splits.csv")
         for name, table in self.samples.items():
             table.to_csv(run_dir / f"samples_{name}.csv", index=False)
         record = {
             "medcl_version": medcl.__version__,
-            "source": self.indexed.source,
+            "source": indexed.source,
             "modality": self.adapter.modality,
             "input": self.adapter.input_spec(),
             "split": {
@@ -150,16 +151,18 @@ class PretrainDataModule(L.LightningDataModule):
                 "test_folds": list(self.split.test_folds),
             },
             "counts": self.counts(),
-            "quarantined_files": len(self.indexed.quarantine),
+            "quarantined_files": len(indexed.quarantine),
         }
         with (run_dir / "data.json").open("w") as handle:
             json.dump(record, handle, indent=2, default=str)
 
-    def _verify_saved_split(self, run_dir: Path) -> None:
+    @staticmethod
+    @rank_zero_only
+    def _verify_saved_split(run_dir: Path, assignment: pd.Series) -> None:
         path = run_dir / "splits.csv"
         if path.is_file():
             saved = load_splits(path)  # verifies disjointness of what is on disk
-            if not saved.sort_index().equals(self.assignment.sort_index()):
+            if not saved.sort_index().equals(assignment.sort_index()):
                 raise ConfigError(f"{path} does not hold the split this run uses")
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -174,8 +177,9 @@ class PretrainDataModule(L.LightningDataModule):
         }
 
     def describe(self) -> str:
-        """One line about the data of this run."""
-        assert self.indexed is not None
+        """One line about the data of this run (after :meth:`setup`)."""
+        if self.indexed is None:
+            return "data: not set up yet"
         parts = [
             f"{name} {c['patients']} patients/{c['samples']} samples" for name, c in self.counts().items()
         ]

@@ -102,14 +102,13 @@ class ManifestDataset(Dataset):
         )
         self.trial_codes = pd.factorize(self.samples["trial_id"].astype(str), sort=True)[0].astype(np.int64)
         self._views = adapter.view_transform() if self.n_views > 0 else None
-        self._labels = self._encode_labels() if self.label_names is not None else None
+        self._labels = self._encode_labels(self.label_names) if self.label_names is not None else None
 
-    def _encode_labels(self) -> tuple[np.ndarray, np.ndarray]:
+    def _encode_labels(self, label_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Label tensors of every row: ``(N, K)`` float or ``(N,)`` long, and ``(N,)`` has-label flags."""
-        assert self.label_names is not None
-        position = {name: i for i, name in enumerate(self.label_names)}
+        position = {name: i for i, name in enumerate(label_names)}
         column = self.samples.get(self.label_column, None)
-        n, k = len(self.samples), len(self.label_names)
+        n, k = len(self.samples), len(label_names)
         if self.label_mode == "multilabel":
             values = np.zeros((n, k), dtype=np.float32)
         else:

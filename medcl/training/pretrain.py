@@ -55,7 +55,7 @@ class PretrainModule(L.LightningModule):
         warmup_epochs: int = 1,
         probe_num_classes: int | None = None,
         probe_task: str | None = None,
-        probe_lr: float = 1e-3,
+        probe_lr: float = 1e-2,
         max_skip_fraction: float = 0.05,
         compile_encoder: bool = False,
     ) -> None:
@@ -76,7 +76,15 @@ class PretrainModule(L.LightningModule):
         self.encoder = encoder
         self.objective = objective
         objective.bind(embedding_dim)
-        self.probe = nn.Linear(embedding_dim, probe_num_classes) if probe_num_classes else None
+        # BatchNorm without affine parameters standardises the embeddings for the linear layer (as in MAE's
+        # linear probing), so one learning rate works whatever the encoder's output scale.
+        self.probe = (
+            nn.Sequential(
+                nn.BatchNorm1d(embedding_dim, affine=False), nn.Linear(embedding_dim, probe_num_classes)
+            )
+            if probe_num_classes
+            else None
+        )
         self.probe_auroc: torchmetrics.Metric | None = None
         if probe_num_classes:
             self.probe_auroc = (
@@ -161,7 +169,9 @@ class PretrainModule(L.LightningModule):
         return loss
 
     def _probe_step(self, embeddings: Tensor, batch: dict[str, Any], stage: str) -> Tensor | None:
-        assert self.probe is not None and self.probe_auroc is not None
+        """Probe loss on the labelled rows of ``embeddings`` ``(B, D)`` (detached by the caller)."""
+        if self.probe is None or self.probe_auroc is None:
+            return None
         mask = batch[contract.HAS_LABEL].bool()
         if not bool(mask.any()):
             return None

@@ -125,7 +125,7 @@ def test_probe_gradients_never_reach_the_encoder() -> None:
     probe_loss = model._probe_step(pooled.detach(), batch, "train")
     probe_loss.backward()
     assert all(p.grad is None for p in model.encoder.parameters())
-    assert model.probe.weight.grad is not None and model.probe.weight.grad.abs().sum() > 0
+    assert model.probe[1].weight.grad is not None and model.probe[1].weight.grad.abs().sum() > 0
 
 
 def test_encoder_channels_must_match_the_data(tmp_path: Path) -> None:
