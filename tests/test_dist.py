@@ -7,6 +7,7 @@ computations done in this process on the whole batch.
 
 from __future__ import annotations
 
+import datetime
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -103,7 +104,11 @@ def _gather_without_autograd(x: Tensor, sizes: list[int] | None = None) -> Tenso
 def _worker(rank: int, folder: str) -> None:
     torch.set_num_threads(1)
     torch_dist.init_process_group(
-        "gloo", init_method=f"file://{folder}/init", rank=rank, world_size=WORLD_SIZE
+        "gloo",
+        init_method=f"file://{folder}/init",
+        rank=rank,
+        world_size=WORLD_SIZE,
+        timeout=datetime.timedelta(seconds=60),  # a failing rank must not leave the other waiting forever
     )
     try:
         results: dict[str, object] = {
@@ -125,6 +130,9 @@ def _worker(rank: int, folder: str) -> None:
         results.update(_unequal_checks(rank))
         torch.save(results, Path(folder) / f"rank{rank}.pt")
     finally:
+        # Both ranks must be done communicating before either tears gloo down; otherwise the
+        # slower rank's pending collective aborts its process (seen as SIGABRT, ~1 run in 8).
+        torch_dist.barrier()
         torch_dist.destroy_process_group()
 
 
