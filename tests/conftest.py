@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,3 +44,24 @@ def bundled_ptbxl() -> Path:
     from modalities.bundled import resolve_root
 
     return resolve_root("bundled:ptbxl")
+
+
+@pytest.fixture(scope="session")
+def flaky_adapter() -> type:
+    """A SignalAdapter whose recordings in ``bad_trials`` fail to load like a corrupt file."""
+    import pandas as pd
+
+    from medcl.errors import CorruptFileError
+    from modalities.signals import SignalAdapter
+
+    class FlakyAdapter(SignalAdapter):
+        def __init__(self, bad_trials: tuple[str, ...] = (), **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.bad_trials = set(bad_trials)
+
+        def load_sample(self, row: pd.Series) -> dict[str, Any]:
+            if str(row["trial_id"]) in self.bad_trials:
+                raise CorruptFileError(row["path"], "simulated truncated .dat")
+            return super().load_sample(row)
+
+    return FlakyAdapter

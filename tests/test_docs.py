@@ -25,7 +25,7 @@ def test_doc_examples_run(page: str, tmp_path: Path) -> None:
     os.chdir(tmp_path)
     try:
         for number, block in enumerate(blocks, start=1):
-            exec(compile(block, f"{page}[block {number}]", "exec"), namespace)  # noqa: S102
+            exec(compile(block, f"{page}[block {number}]", "exec"), namespace)
     finally:
         os.chdir(cwd)
 

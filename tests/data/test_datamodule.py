@@ -18,19 +18,6 @@ from medcl.errors import ConfigError, CorruptFileError, SplitLeakError
 from modalities.signals import SignalAdapter
 
 
-class FlakyAdapter(SignalAdapter):
-    """The real adapter, except that the recordings in ``bad_trials`` fail to load like a corrupt file."""
-
-    def __init__(self, bad_trials: tuple[str, ...] = (), **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.bad_trials = set(bad_trials)
-
-    def load_sample(self, row: pd.Series) -> dict[str, Any]:
-        if str(row["trial_id"]) in self.bad_trials:
-            raise CorruptFileError(row["path"], "simulated truncated .dat")
-        return super().load_sample(row)
-
-
 def make_datamodule(tmp_path: Path, **kwargs: Any) -> PretrainDataModule:
     adapter = kwargs.pop("adapter", None) or SignalAdapter(window_s=2.5, view_crop_s=2.0)
     defaults: dict[str, Any] = {
@@ -117,10 +104,12 @@ def test_views_depend_only_on_seed_epoch_and_index(datamodule: PretrainDataModul
     assert plain["signal"].shape == (12, 250)
 
 
-def test_bad_samples_raise_by_default_and_are_counted_when_skipping(datamodule: PretrainDataModule) -> None:
+def test_bad_samples_raise_by_default_and_are_counted_when_skipping(
+    datamodule: PretrainDataModule, flaky_adapter: type
+) -> None:
     samples = datamodule.samples["train"]
     bad = str(samples["trial_id"].iloc[0])
-    adapter = FlakyAdapter(bad_trials=(bad,), window_s=2.5, view_crop_s=2.0)
+    adapter = flaky_adapter(bad_trials=(bad,), window_s=2.5, view_crop_s=2.0)
     raising = ManifestDataset(samples, adapter)
     with pytest.raises(CorruptFileError, match=r"00\d+_lr: simulated truncated \.dat \[sample 0"):
         raising[0]

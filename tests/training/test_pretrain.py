@@ -24,19 +24,6 @@ from medcl.training.pretrain import PretrainModule
 from modalities.signals import SignalAdapter, TsaiEncoder
 
 
-class FlakyAdapter(SignalAdapter):
-    """The real adapter, except that the recordings in ``bad_trials`` fail to load like a corrupt file."""
-
-    def __init__(self, bad_trials: tuple[str, ...] = (), **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.bad_trials = set(bad_trials)
-
-    def load_sample(self, row: pd.Series) -> dict[str, Any]:
-        if str(row["trial_id"]) in self.bad_trials:
-            raise CorruptFileError(row["path"], "simulated truncated .dat")
-        return super().load_sample(row)
-
-
 def small_encoder(in_channels: int = 12) -> TsaiEncoder:
     return TsaiEncoder("InceptionTime", in_channels=in_channels, arch_kwargs={"nf": 8, "depth": 2})
 
@@ -134,12 +121,12 @@ def test_encoder_channels_must_match_the_data(tmp_path: Path) -> None:
         trainer(tmp_path).fit(model, datamodule=datamodule())
 
 
-def test_skipping_bad_samples_stops_past_the_allowed_fraction(tmp_path: Path) -> None:
+def test_skipping_bad_samples_stops_past_the_allowed_fraction(tmp_path: Path, flaky_adapter: type) -> None:
     probe = datamodule()
     probe.setup("fit")
     train_trials = probe.samples["train"]["trial_id"].unique()
     bad = tuple(str(t) for t in train_trials[: len(train_trials) // 5])  # ~20 % of training recordings
-    adapter = FlakyAdapter(bad_trials=bad, window_s=2.5, view_crop_s=2.0)
+    adapter = flaky_adapter(bad_trials=bad, window_s=2.5, view_crop_s=2.0)
 
     strict = PretrainModule(small_encoder(), SimCLR(), max_skip_fraction=0.05)
     with pytest.raises(TooManyBadSamplesError, match="failed to load"):
