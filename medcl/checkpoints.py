@@ -13,7 +13,7 @@ from torch import nn
 from medcl.configurable import instantiate_spec
 from medcl.errors import ConfigError, CorruptFileError
 
-__all__ = ["encoder_state_dict", "load_checkpoint", "load_encoder"]
+__all__ = ["encoder_from_checkpoint", "encoder_state_dict", "load_checkpoint", "load_encoder"]
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -51,30 +51,37 @@ def encoder_state_dict(checkpoint: dict[str, Any], prefix: str = "encoder.") -> 
     return state
 
 
-def load_encoder(path: str | Path, encoder: nn.Module | None = None) -> nn.Module:
-    """The pretrained encoder of a medcl checkpoint.
-
-    Args:
-        path: a checkpoint written by :class:`medcl.training.PretrainModule` (e.g. ``last.ckpt``).
-        encoder: an encoder of the same architecture to load the weights into; by default it is rebuilt
-            from the spec stored in the checkpoint (medcl's own classes only).
-
-    Returns:
-        the encoder with the pretrained weights, in eval mode.
-    """
-    checkpoint = load_checkpoint(path)
+def encoder_from_checkpoint(
+    checkpoint: dict[str, Any], encoder: nn.Module | None = None, source: str = "the checkpoint"
+) -> nn.Module:
+    """The encoder of an already loaded checkpoint (:func:`load_encoder`); ``source`` names it in errors."""
     if encoder is None:
         spec = (checkpoint.get("medcl") or {}).get("encoder")
         if spec is None:
             raise ConfigError(
-                f"{path} does not record how to build its encoder; build the same encoder and pass it "
+                f"{source} does not record how to build its encoder; build the same encoder and pass it "
                 "as encoder="
             )
         encoder = instantiate_spec(spec)
     missing, unexpected = encoder.load_state_dict(encoder_state_dict(checkpoint), strict=False)
     if missing or unexpected:
         raise ConfigError(
-            f"{path}: the encoder weights do not fit {type(encoder).__name__} "
+            f"{source}: the encoder weights do not fit {type(encoder).__name__} "
             f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})"
         )
     return encoder.eval()
+
+
+def load_encoder(path: str | Path, encoder: nn.Module | None = None) -> nn.Module:
+    """The pretrained encoder of a medcl checkpoint.
+
+    Args:
+        path: a checkpoint written by :class:`medcl.training.PretrainModule` (e.g. ``last.ckpt``) or by a
+            task module.
+        encoder: an encoder of the same architecture to load the weights into; by default it is rebuilt
+            from the spec stored in the checkpoint (medcl's own classes only).
+
+    Returns:
+        the encoder with the pretrained weights, in eval mode.
+    """
+    return encoder_from_checkpoint(load_checkpoint(path), encoder, source=str(path))

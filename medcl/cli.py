@@ -2,6 +2,8 @@
 
 ``medcl pretrain``  LightningCLI front end of :class:`~medcl.training.PretrainModule` and
                     :class:`~medcl.data.PretrainDataModule` (``fit`` by default; ``validate``/``test``).
+``medcl finetune``  LightningCLI front end of ``tasks.ClassificationModule`` on
+                    ``tasks.ClassificationDataModule`` (``fit`` then ``test`` by default).
 ``medcl index``     build, validate and save a manifest; bad files go to ``quarantine.csv``.
 
 Errors that bad data or settings cause (:class:`~medcl.errors.MedclError`) are printed as one line
@@ -24,8 +26,12 @@ __all__ = ["main"]
 USAGE = """usage: medcl <command> [options]
 
 commands:
-  pretrain   contrastive pretraining (LightningCLI): medcl pretrain --config configs/pretrain/simclr_ecg.yaml
-  index      index and validate a dataset:          medcl index ROOT --modality ecg --out DIR
+  pretrain   contrastive pretraining (LightningCLI)
+             medcl pretrain --config configs/pretrain/simclr_ecg.yaml
+  finetune   classification heads on a pretrained encoder (LightningCLI; fit, then test)
+             medcl finetune --config configs/finetune/ptbxl_norm_mi.yaml --model.encoder_ckpt RUN/last.ckpt
+  index      index and validate a dataset
+             medcl index ROOT --modality ecg --out DIR
 
 `medcl <command> --help` shows a command's options.
 """
@@ -41,21 +47,45 @@ INDEXERS: dict[str, tuple[str, str]] = {
 
 
 # --------------------------------------------------------------------------------------------------
-def run_pretrain(argv: Sequence[str]) -> int:
-    """``medcl pretrain [fit|validate|test] --config FILE [--section.key value ...]``."""
-    from medcl.training.cli import PretrainCLI
-
+def _run_lightning_cli(command: str, cli_class: type, argv: Sequence[str]) -> Any:
+    """Run a LightningCLI subclass as ``medcl <command> [fit|validate|test] ...`` (``fit`` by default)."""
     args = list(argv)
     if not args or args[0] not in (*LIGHTNING_SUBCOMMANDS, "-h", "--help"):
         args = ["fit", *args]
     # LightningCLI reads sys.argv (and names itself after argv[0] in its usage lines).
     saved = sys.argv
-    sys.argv = ["medcl pretrain", *args]
+    sys.argv = [f"medcl {command}", *args]
     try:
-        PretrainCLI()
+        return cli_class()
     finally:
         sys.argv = saved
+
+
+def run_pretrain(argv: Sequence[str]) -> int:
+    """``medcl pretrain [fit|validate|test] --config FILE [--section.key value ...]``."""
+    from medcl.training.cli import PretrainCLI
+
+    _run_lightning_cli("pretrain", PretrainCLI, argv)
     return 0
+
+
+def run_finetune(argv: Sequence[str]) -> int:
+    """``medcl finetune [fit|validate|test] --config FILE --model.encoder_ckpt PATH``.
+
+    After ``fit`` (the default), the model is also tested on the test split; the scores go to
+    ``<run>/test_metrics.json``.
+    """
+    from tasks.cli import FinetuneCLI
+
+    cli = _run_lightning_cli("finetune", FinetuneCLI, argv)
+    if cli is not None and cli.subcommand == "fit" and cli.datamodule.test_dataloader():
+        cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best" if _has_best(cli) else None)
+    return 0
+
+
+def _has_best(cli: Any) -> bool:
+    callback = getattr(cli.trainer, "checkpoint_callback", None)
+    return bool(callback is not None and getattr(callback, "best_model_path", ""))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -117,7 +147,11 @@ def run_index(argv: Sequence[str]) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"pretrain": run_pretrain, "index": run_index}
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "pretrain": run_pretrain,
+    "finetune": run_finetune,
+    "index": run_index,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

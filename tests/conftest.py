@@ -65,3 +65,44 @@ def flaky_adapter() -> type:
             return super().load_sample(row)
 
     return FlakyAdapter
+
+
+@pytest.fixture(scope="session")
+def pretrained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (if short: 2 steps) SimCLR pretraining checkpoint of a small InceptionTime on the bundled
+    PTB-XL, with the data settings of configs/finetune/ptbxl_norm_mi.yaml (100 Hz, 12 leads)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from medcl.data import PretrainDataModule, SplitConfig
+    from medcl.objectives import SimCLR
+    from medcl.training import PretrainModule
+    from modalities.signals import SignalAdapter, TsaiEncoder
+
+    out = tmp_path_factory.mktemp("pretrained")
+    L.seed_everything(0)
+    adapter = SignalAdapter(window_s=2.0, stride_s=1.0)
+    data = PretrainDataModule(
+        adapter,
+        batch_size=32,
+        samples_per_trial=1,
+        trials_per_patient=1,
+        split=SplitConfig(method="fold"),
+        run_dir=str(out / "data"),
+    )
+    encoder = TsaiEncoder("InceptionTime", in_channels=12, arch_kwargs={"nf": 8, "depth": 2})
+    model = PretrainModule(encoder, SimCLR())
+    checkpoint = ModelCheckpoint(dirpath=out, save_last=True)
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=0,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[checkpoint],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+    )
+    trainer.fit(model, datamodule=data)
+    return out / "last.ckpt"

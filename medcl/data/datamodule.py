@@ -1,11 +1,13 @@
-"""The pretraining data module: manifest → patient-disjoint split → sample tables → grouped batches.
+"""Data modules: manifest → patient-disjoint split → sample tables → batches.
 
-:class:`PretrainDataModule` asks its adapter to index the data (every file validated, bad ones
-quarantined), splits *patients* into train/val/test, makes the sample tables and serves grouped batches
-of contrastive views. Everything needed to audit or reproduce the data side of a run is written next to
-the run (the trainer's ``log_dir``): ``trials.csv``, ``quarantine.csv``, ``splits.csv``,
-``samples_<split>.csv`` and ``data.json``. The saved split is read back and verified: a patient in two
-splits is an error.
+:class:`ManifestDataModule` asks its adapter to index the data (every file validated, bad ones
+quarantined), splits *patients* into train/val/test and makes the sample tables. Everything needed to
+audit or reproduce the data side of a run is written next to the run (the trainer's ``log_dir``):
+``trials.csv``, ``quarantine.csv``, ``splits.csv``, ``samples_<split>.csv`` and ``data.json``. The saved
+split is read back and verified: a patient in two splits is an error.
+
+:class:`PretrainDataModule` serves grouped batches of contrastive views; the classification data module
+(``tasks.ClassificationDataModule``) serves labelled samples at a chosen label fraction.
 """
 
 from __future__ import annotations
@@ -27,33 +29,29 @@ from medcl.data.sampler import GroupedBatchSampler
 from medcl.data.splits import SPLITS, SplitConfig, assign_splits, load_splits, save_splits, verify_disjoint
 from medcl.errors import ConfigError
 
-__all__ = ["PretrainDataModule"]
+__all__ = ["ManifestDataModule", "PretrainDataModule"]
 
 
-class PretrainDataModule(L.LightningDataModule):
-    """Data for contrastive pretraining.
+class ManifestDataModule(L.LightningDataModule):
+    """Indexing, patient-disjoint splitting and sample tables, shared by every medcl data module.
 
     Args:
         adapter: the modality adapter (e.g. ``modalities.signals.SignalAdapter``).
         batch_size: samples per batch (per process).
-        samples_per_trial: samples of one trial kept together in a batch (trial-level positives).
-        trials_per_patient: trials of one patient kept together in a batch (patient-level positives).
-        n_views: contrastive views per sample.
         split: how patients are split (:class:`~medcl.data.splits.SplitConfig`).
-        seed: seed of the batch plan and of the views.
+        seed: seed of batch order and random views.
         num_workers: DataLoader worker processes.
         on_error: ``"raise"`` (default) or ``"skip"`` for samples that fail to load.
-        use_labels: load labels (for the online linear probe) when the adapter has classes.
+        use_labels: load labels when the adapter has classes.
         run_dir: where to write the data record; default: the trainer's ``log_dir``.
+
+    Subclasses may filter the sample table in :meth:`select_samples` and define the loaders.
     """
 
     def __init__(
         self,
         adapter: Adapter,
         batch_size: int = 64,
-        samples_per_trial: int = 2,
-        trials_per_patient: int = 2,
-        n_views: int = 2,
         split: SplitConfig | None = None,
         seed: int = 0,
         num_workers: int = 0,
@@ -66,33 +64,29 @@ class PretrainDataModule(L.LightningDataModule):
             raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if num_workers < 0:
             raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.adapter = adapter
         self.batch_size = batch_size
-        self.samples_per_trial = samples_per_trial
-        self.trials_per_patient = trials_per_patient
-        self.n_views = n_views
         self.split = split if split is not None else SplitConfig()
         self.seed = seed
         self.num_workers = num_workers
         self.on_error = on_error
         self.use_labels = use_labels
         self.run_dir = run_dir
+        self.n_views = 0
         self.indexed: IndexedData | None = None
         self.assignment: pd.Series | None = None
         self.samples: dict[str, pd.DataFrame] = {}
 
-    # ----------------------------------------------------------------------------------------------
-    # what the model needs to know about the data (LightningCLI links these on instantiation)
     @property
-    def probe_num_classes(self) -> int | None:
-        """Number of label classes for the online probe (None: no labels)."""
-        names = self.adapter.class_names if self.use_labels else None
-        return len(names) if names else None
+    def class_names(self) -> list[str] | None:
+        """The adapter's label classes (None without labels or with ``use_labels=False``)."""
+        return self.adapter.class_names if self.use_labels else None
 
-    @property
-    def probe_task(self) -> str | None:
-        """``"multilabel"`` or ``"multiclass"`` (None: no labels)."""
-        return self.adapter.label_mode if self.probe_num_classes else None
+    def select_samples(self, samples: pd.DataFrame) -> pd.DataFrame:
+        """Hook: the sample table (all splits, column ``split``) that this data module uses."""
+        return samples
 
     # ----------------------------------------------------------------------------------------------
     def _resolve_run_dir(self) -> Path | None:
@@ -118,6 +112,7 @@ class PretrainDataModule(L.LightningDataModule):
         trials = trials[trials["patient_id"].isin(assignment.index)]
         samples = self.adapter.make_samples(trials, indexed.events)
         samples = samples.assign(split=samples["patient_id"].astype(str).map(assignment).to_numpy())
+        samples = self.select_samples(samples)
         verify_disjoint(samples[["patient_id", "split"]])
         self.samples = {name: samples[samples["split"] == name].reset_index(drop=True) for name in SPLITS}
         if len(self.samples["train"]) == 0:
@@ -195,16 +190,64 @@ class PretrainDataModule(L.LightningDataModule):
         """The dataset of one split (after :meth:`setup`); ``n_views=0`` gives preprocessed inputs."""
         if split not in self.samples:
             raise ConfigError(f"unknown split {split!r} or setup() not run yet")
-        names = self.adapter.class_names if self.use_labels else None
         return ManifestDataset(
             self.samples[split],
             self.adapter,
             n_views=self.n_views if n_views is None else n_views,
             seed=self.seed,
             on_error=self.on_error,
-            label_names=names,
+            label_names=self.class_names,
             label_mode=self.adapter.label_mode,
         )
+
+
+class PretrainDataModule(ManifestDataModule):
+    """Data for contrastive pretraining: grouped batches of ``n_views`` random views per sample.
+
+    Args:
+        adapter: the modality adapter (e.g. ``modalities.signals.SignalAdapter``).
+        batch_size: samples per batch (per process).
+        samples_per_trial: samples of one trial kept together in a batch (trial-level positives).
+        trials_per_patient: trials of one patient kept together in a batch (patient-level positives).
+        n_views: contrastive views per sample.
+        split: how patients are split (:class:`~medcl.data.splits.SplitConfig`).
+        seed: seed of the batch plan and of the views.
+        num_workers: DataLoader worker processes.
+        on_error: ``"raise"`` (default) or ``"skip"`` for samples that fail to load.
+        use_labels: load labels (for the online linear probe) when the adapter has classes.
+        run_dir: where to write the data record; default: the trainer's ``log_dir``.
+    """
+
+    def __init__(
+        self,
+        adapter: Adapter,
+        batch_size: int = 64,
+        samples_per_trial: int = 2,
+        trials_per_patient: int = 2,
+        n_views: int = 2,
+        split: SplitConfig | None = None,
+        seed: int = 0,
+        num_workers: int = 0,
+        on_error: str = "raise",
+        use_labels: bool = True,
+        run_dir: str | None = None,
+    ) -> None:
+        super().__init__(adapter, batch_size, split, seed, num_workers, on_error, use_labels, run_dir)
+        self.samples_per_trial = samples_per_trial
+        self.trials_per_patient = trials_per_patient
+        self.n_views = n_views
+
+    # what the model needs to know about the data (LightningCLI links these on instantiation)
+    @property
+    def probe_num_classes(self) -> int | None:
+        """Number of label classes for the online probe (None: no labels)."""
+        names = self.class_names
+        return len(names) if names else None
+
+    @property
+    def probe_task(self) -> str | None:
+        """``"multilabel"`` or ``"multiclass"`` (None: no labels)."""
+        return self.adapter.label_mode if self.probe_num_classes else None
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.dataset(split)

@@ -190,7 +190,13 @@ def _pyramid(
 
 
 def ts2vec_pyramid_losses(
-    z1: Tensor, z2: Tensor, temporal_unit: int = 0, gather_distributed: bool = False
+    z1: Tensor,
+    z2: Tensor,
+    temporal_unit: int = 0,
+    gather_distributed: bool = False,
+    *,
+    instance: bool = True,
+    temporal: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """The instance and temporal losses summed over TS2Vec's max-pool-by-2 pyramid, each divided by its depth.
 
@@ -206,13 +212,19 @@ def ts2vec_pyramid_losses(
         temporal_unit: the first depth at which the temporal loss is computed (0: every scale).
         gather_distributed: instance-loss negatives also from other ranks (one collective for the
             whole pyramid; every rank must have the same ``T`` and ``D``).
+        instance: compute the instance loss; if False it is not computed (no similarity matrices, no
+            collective) and a zero connected to ``z1, z2`` is returned in its place.
+        temporal: the same for the temporal loss. The divisor ``d`` does not depend on these flags, so an
+            enabled term has the same value either way.
 
     Returns:
         ``(instance_loss, temporal_loss)``, two scalar tensors.
     """
     _check_views(z1, z2)
     _check_temporal_unit(temporal_unit)
-    return _pyramid(z1, z2, temporal_unit, gather_distributed, with_instance=True, with_temporal=True)
+    return _pyramid(
+        z1, z2, temporal_unit, gather_distributed, with_instance=bool(instance), with_temporal=bool(temporal)
+    )
 
 
 def ts2vec_hierarchical_loss(

@@ -1,6 +1,7 @@
 """Pretraining objectives: turn encoder outputs of several views into named loss terms."""
 
 from medcl.objectives.base import EncodedViews, Objective
+from medcl.objectives.hierarchical import HierarchicalContrast
 from medcl.objectives.simclr import SimCLR
 
-__all__ = ["EncodedViews", "Objective", "SimCLR"]
+__all__ = ["EncodedViews", "HierarchicalContrast", "Objective", "SimCLR"]

@@ -14,10 +14,15 @@ and anything else in WFDB, EDF or CSV). It
 5. provides a default encoder (tsai InceptionTime, or any :func:`~modalities.signals.encoders.build_encoder`
    name such as ``"ts2vec"``).
 
-Labels per dataset (``labels="auto"``): PTB-XL diagnostic superclasses (multi-label); MIT-BIH AAMI beat
-classes (multi-label per window: the classes of the beats inside it; one class per beat window with
-``segmentation="events"``); eegmat rest vs task (multi-class); a folder layout's ``label`` (multi-class)
-or ``labels`` (multi-label, ``|``-separated) column.
+Label tasks (``labels``; ``"auto"`` picks the first of each dataset):
+
+- PTB-XL: ``"superclass"`` (the five diagnostic superclasses, multi-label) or ``"norm_vs_mi"`` (a record
+  is NORM if its superclasses are exactly {NORM}, MI if MI is among them and NORM is not; other records
+  have no label; two classes);
+- MIT-BIH: ``"aami"`` (AAMI beat classes: multi-label per window, the classes of the beats inside it;
+  one class per beat window with ``segmentation="events"``);
+- eegmat: ``"task"`` (rest vs mental arithmetic);
+- folder: ``"auto"`` — the table's ``label`` (one class) or ``labels`` (``|``-separated) column.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ from modalities.signals.transforms import (
     segment_starts,
 )
 
-__all__ = ["DATASET_CHANNELS", "SignalAdapter"]
+__all__ = ["DATASET_CHANNELS", "LABEL_TASKS", "SignalAdapter"]
 
 PTBXL_LEADS: tuple[str, ...] = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 EEGMAT_CHANNELS: tuple[str, ...] = (
@@ -65,7 +70,13 @@ DATASET_CHANNELS: dict[str, tuple[str, ...]] = {
     "mitdb": ("MLII",),  # the one lead (almost) every MIT-BIH record has; 102 and 104 lack it
     "eegmat": EEGMAT_CHANNELS,
 }
-_LABELS = {"ptbxl": "superclass", "mitdb": "aami", "eegmat": "task", "folder": "label"}
+#: Label tasks of each dataset; the first is what ``labels="auto"`` means.
+LABEL_TASKS: dict[str, tuple[str, ...]] = {
+    "ptbxl": ("superclass", "norm_vs_mi"),
+    "mitdb": ("aami",),
+    "eegmat": ("task",),
+    "folder": ("auto",),
+}
 
 
 class SignalAdapter(Configurable):
@@ -90,7 +101,7 @@ class SignalAdapter(Configurable):
         stride_s: step between windows (default: ``window_s``, no overlap).
         segmentation: ``"windows"`` (fixed windows) or ``"events"`` (one window centred on every
             annotated event, e.g. MIT-BIH beats).
-        labels: ``"auto"`` (the dataset's labels, see the module docstring) or None (no labels).
+        labels: the label task (see the module docstring), ``"auto"``, or None (no labels).
         class_names: label classes for the folder layout (default: the sorted values found).
         index_dir: a folder written by ``medcl index``; used instead of indexing again.
         max_nan_fraction: NaN fraction per channel tolerated when indexing.
@@ -129,8 +140,8 @@ class SignalAdapter(Configurable):
         cache_trials: int = 512,
         dataset_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        if dataset not in _LABELS:
-            raise ConfigError(f"dataset must be one of {sorted(_LABELS)}, got {dataset!r}")
+        if dataset not in LABEL_TASKS:
+            raise ConfigError(f"dataset must be one of {sorted(LABEL_TASKS)}, got {dataset!r}")
         if channels is None:
             if dataset not in DATASET_CHANNELS:
                 raise ConfigError(f"dataset {dataset!r} needs an explicit channels list")
@@ -143,8 +154,13 @@ class SignalAdapter(Configurable):
             raise ConfigError(f"normalize must be 'trial', 'sample' or 'none', got {normalize!r}")
         if segmentation not in ("windows", "events"):
             raise ConfigError(f"segmentation must be 'windows' or 'events', got {segmentation!r}")
-        if labels not in ("auto", None):
-            raise ConfigError(f"labels must be 'auto' or null, got {labels!r}")
+        if labels == "auto":
+            labels = LABEL_TASKS[dataset][0]
+        if labels is not None and labels not in LABEL_TASKS[dataset]:
+            raise ConfigError(
+                f"labels={labels!r} is not a label task of {dataset}; choose one of "
+                f"{', '.join(LABEL_TASKS[dataset])}, 'auto' or null"
+            )
         if not window_s > 0 or (stride_s is not None and not stride_s > 0):
             raise ConfigError(f"window_s and stride_s must be > 0, got {window_s} and {stride_s}")
         self.dataset = dataset
@@ -194,6 +210,8 @@ class SignalAdapter(Configurable):
     def class_names(self) -> list[str] | None:
         if self.labels is None:
             return None
+        if self.labels == "norm_vs_mi":
+            return ["NORM", "MI"]
         if self.dataset == "ptbxl":
             return list(PTBXL_SUPERCLASSES)
         if self.dataset == "mitdb":
@@ -204,6 +222,8 @@ class SignalAdapter(Configurable):
 
     @property
     def label_mode(self) -> str:
+        if self.labels == "norm_vs_mi":
+            return "multiclass"
         if self.dataset == "ptbxl":
             return "multilabel"
         if self.dataset == "mitdb":
@@ -264,6 +284,15 @@ class SignalAdapter(Configurable):
         """One label string per trial (``|``-joined class names, ``""`` for none)."""
         if self.labels is None:
             return pd.Series("", index=trials.index)
+        if self.labels == "norm_vs_mi":
+            superclasses = trials["labels"].fillna("").astype(str).str.split("|")
+            return superclasses.map(
+                lambda names: (
+                    "NORM"
+                    if set(names) == {"NORM"}
+                    else ("MI" if "MI" in names and "NORM" not in names else "")
+                )
+            )
         if self.dataset == "ptbxl":
             return trials["labels"].fillna("").astype(str)
         if self.dataset == "eegmat":
