@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from medcl.configurable import Configurable
 from medcl.errors import ConfigError
 from medcl.heads import ProjectionHead
 from medcl.losses.infonce import nt_xent_loss
@@ -12,7 +13,7 @@ from medcl.objectives.base import EncodedViews, Objective
 __all__ = ["SimCLR"]
 
 
-class SimCLR(Objective):
+class SimCLR(Configurable, Objective):
     """NT-Xent on projected embeddings of two views.
 
     Args:

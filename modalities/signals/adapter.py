@@ -108,6 +108,9 @@ class SignalAdapter(Configurable):
         allow_flat: keep recordings with a flat channel when indexing.
         view_crop_s: length of each contrastive view (a random crop of the sample), or None for the
             whole sample.
+        aligned_views: keep the two views aligned in time (no crop or shift; amplitude, noise, wander,
+            cut-out and lead dropout only), as the observation and sample levels of hierarchical
+            contrast need.
         encoder: name of the default encoder (:func:`~modalities.signals.encoders.build_encoder`).
         cache_trials: preprocessed trials kept in memory per worker.
         dataset_kwargs: extra arguments of the manifest builder (e.g. ``{"records": [...]}`` for MIT-BIH,
@@ -136,6 +139,7 @@ class SignalAdapter(Configurable):
         max_nan_fraction: float = 0.0,
         allow_flat: bool = False,
         view_crop_s: float | None = None,
+        aligned_views: bool = False,
         encoder: str = "InceptionTime",
         cache_trials: int = 512,
         dataset_kwargs: dict[str, Any] | None = None,
@@ -186,6 +190,11 @@ class SignalAdapter(Configurable):
         self.view_crop = None if view_crop_s is None else round(view_crop_s * self.target_fs)
         if self.view_crop is not None and not 2 <= self.view_crop <= self.window:
             raise ConfigError(f"view_crop_s={view_crop_s} must be shorter than window_s={window_s}")
+        if aligned_views and self.view_crop is not None:
+            raise ConfigError(
+                "aligned_views needs view_crop_s: null (a random crop moves the views apart in time)"
+            )
+        self.aligned_views = aligned_views
         self.encoder_name = encoder
         self.cache_trials = int(cache_trials)
         self.dataset_kwargs = dict(dataset_kwargs or {})
@@ -440,7 +449,9 @@ class SignalAdapter(Configurable):
     # ----------------------------------------------------------------------------------------------
     def view_transform(self) -> Callable[[dict[str, Any]], dict[str, Any]]:
         """A fresh random view pipeline (the dataset seeds it per sample and view)."""
-        return ecg_contrastive_views(self.target_fs, crop_length=self.view_crop, seed=0, key=self.input_key)
+        return ecg_contrastive_views(
+            self.target_fs, crop_length=self.view_crop, seed=0, key=self.input_key, aligned=self.aligned_views
+        )
 
     def default_encoder(self) -> nn.Module:
         """``build_encoder(encoder, in_channels=len(channels))``."""

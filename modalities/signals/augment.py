@@ -591,7 +591,7 @@ class RandTimeShiftd(_RandSignald):
 # default pipeline
 # ----------------------------------------------------------------------------------------------------
 def ecg_contrastive_views(
-    fs: float, crop_length: int | None = None, seed: int = 0, key: str = "signal"
+    fs: float, crop_length: int | None = None, seed: int = 0, key: str = "signal", aligned: bool = False
 ) -> Compose:
     """The default SimCLR-style augmentation for ECG samples (dictionary transforms on ``key``).
 
@@ -607,9 +607,13 @@ def ecg_contrastive_views(
     5. ``RandTimeMaskd(prob=0.5, max_fraction=0.1, n_masks=1)``: cut-out of up to 10 % of the window;
     6. ``RandChannelDropoutd(prob=0.25, p=0.1)``: missing leads (never all).
 
+    With ``aligned=True`` step 1 is left out, so time step ``t`` of one view is time step ``t`` of the
+    other: what the observation and sample levels of hierarchical (TS2Vec/COMET) contrast assume.
+
     Args:
         fs: sampling rate in Hz of the samples it will see.
         crop_length: samples per view, or ``None`` to keep the whole signal.
+        aligned: keep the views aligned in time (no crop, no shift); ``crop_length`` must be None.
         seed: seed of the pipeline; each member gets its own seed derived from it.
         key: the signal's key in the sample.
 
@@ -619,14 +623,18 @@ def ecg_contrastive_views(
     """
     fs = _check_positive(fs, "fs", "ecg_contrastive_views")
     seed = _check_int(seed, "seed", "ecg_contrastive_views", 0)
-    first: Transform
+    if aligned and crop_length is not None:
+        raise ConfigError(
+            "ecg_contrastive_views: aligned views cannot be random crops (crop_length must be None)"
+        )
+    first: list[Transform] = []
     if crop_length is not None:
-        first = RandTimeCropd(key, crop_length)
-    else:
-        first = RandTimeShiftd(key, prob=0.5, max_shift=max(1, round(0.1 * fs)))
+        first = [RandTimeCropd(key, crop_length)]
+    elif not aligned:
+        first = [RandTimeShiftd(key, prob=0.5, max_shift=max(1, round(0.1 * fs)))]
     pipeline = Compose(
         [
-            first,
+            *first,
             RandAmplitudeScaled(key, prob=0.5, low=0.8, high=1.2, per_channel=True),
             RandBaselineWanderd(key, prob=0.5, max_amplitude=0.1, max_freq_hz=0.5, fs=fs),
             RandGaussianNoised(key, prob=0.5, std=0.05),

@@ -439,6 +439,7 @@ def counted(encoder: TS2VecEncoder) -> list[tuple[int, ...]]:
     return shapes
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 def test_pretrain_step_encodes_both_views_in_one_call_and_reaches_the_encoder() -> None:
     torch.manual_seed(0)
     n, channels, steps = 6, 3, 40

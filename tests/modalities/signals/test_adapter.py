@@ -238,3 +238,30 @@ def test_folder_layout_with_a_label_table(tmp_path: Path, ptbxl_record: Path) ->
         "c": "sinus",
     }
     assert adapter.load_sample(samples.iloc[0])["signal"].shape == (2, 250)
+
+
+def _lag(a: np.ndarray, b: np.ndarray) -> int:
+    """The shift (in samples) that best aligns ``b`` with ``a`` (circular cross-correlation)."""
+    spectrum = np.fft.rfft(a) * np.conj(np.fft.rfft(b))
+    correlation = np.fft.irfft(spectrum, n=len(a))
+    lag = int(np.argmax(correlation))
+    return lag if lag <= len(a) // 2 else lag - len(a)
+
+
+def test_aligned_views_keep_time_steps_together(ptbxl_samples: pd.DataFrame) -> None:
+    aligned = SignalAdapter(window_s=2.5, aligned_views=True)
+    shifted = SignalAdapter(window_s=2.5)
+    sample = aligned.load_sample(ptbxl_samples.iloc[10])
+    lags = {"aligned": set(), "shifted": set()}
+    for name, adapter in (("aligned", aligned), ("shifted", shifted)):
+        views = adapter.view_transform()
+        for seed in range(12):
+            views.set_random_state(seed=2 * seed)
+            a = views(dict(sample))["signal"][1]
+            views.set_random_state(seed=2 * seed + 1)
+            b = views(dict(sample))["signal"][1]
+            lags[name].add(_lag(a, b))
+    assert lags["aligned"] == {0}
+    assert lags["shifted"] != {0}
+    with pytest.raises(ConfigError, match="aligned_views"):
+        SignalAdapter(window_s=2.5, view_crop_s=2.0, aligned_views=True)

@@ -1,0 +1,185 @@
+"""Label-efficiency experiments: pretrained vs from-scratch at several label fractions.
+
+For every (label fraction, seed) the training patients are drawn once (:mod:`tasks.fractions`) and
+every arm trains on exactly those patients and is scored on the whole test split:
+
+- ``linear_probe``: scikit-learn logistic regression on the frozen pretrained embeddings;
+- ``finetune``: the pretrained encoder + MLP head, fine-tuned (encoder at a lower learning rate);
+- ``scratch``: the same encoder architecture with random weights + MLP head, trained end to end.
+
+The neural arms train for a number of epochs that depends on the fraction (small fractions get more
+epochs: there is less data per epoch), and the model after the last epoch is scored (no selection on
+test data; the validation split is not used to pick epochs either).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lightning as L
+import pandas as pd
+
+from medcl.checkpoints import load_encoder
+from medcl.data.adapter import Adapter
+from medcl.data.splits import SplitConfig
+from medcl.errors import ConfigError
+from tasks.classification import ClassificationModule
+from tasks.data import ClassificationDataModule
+from tasks.probe import LogisticProbe, extract_embeddings
+
+__all__ = ["ARMS", "ArmResult", "default_epochs", "run_label_efficiency"]
+
+ARMS = ("linear_probe", "finetune", "scratch")
+
+
+@dataclass
+class ArmResult:
+    """Test scores of one arm at one label fraction and seed."""
+
+    fraction: float
+    seed: int
+    arm: str
+    auroc: float
+    auprc: float
+    f1_macro: float
+    accuracy: float
+    train_patients: int
+    train_samples: int
+    test_patients: int
+    test_samples: int
+    seconds: float
+
+
+def default_epochs(fraction: float) -> int:
+    """Training epochs of the neural arms: 50 up to 10 % of the labels, 10 above (as ANCHORS.md's scratch)."""
+    return 50 if fraction <= 0.1 else 10
+
+
+def run_label_efficiency(
+    adapter: Adapter,
+    encoder_ckpt: str | Path,
+    split: SplitConfig,
+    fractions: Sequence[float] = (0.01, 0.1, 1.0),
+    seeds: Sequence[int] = (0,),
+    arms: Sequence[str] = ARMS,
+    epochs: Callable[[float], int] = default_epochs,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    encoder_lr_scale: float = 0.1,
+    probe_c: float = 0.1,
+    out_dir: str | Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> pd.DataFrame:
+    """Run every arm at every fraction and seed; one row per run (columns of :class:`ArmResult`).
+
+    Args:
+        adapter: the data (its label task gives the classes).
+        encoder_ckpt: the pretraining checkpoint (weights for the pretrained arms, architecture for
+            ``scratch``).
+        split: the patient split (the same for every run).
+        fractions: label fractions of the training patients.
+        seeds: seeds of the patient draws (and of the training runs).
+        arms: a subset of :data:`ARMS`.
+        epochs: epochs of the neural arms as a function of the fraction.
+        batch_size, lr, encoder_lr_scale: training settings of the neural arms.
+        probe_c: inverse regularisation of the logistic-regression probe.
+        out_dir: where each run writes its data record (``<out_dir>/f<fraction>_s<seed>``); None: nowhere.
+        progress: called with one line per finished run.
+    """
+    unknown = set(arms) - set(ARMS)
+    if unknown:
+        raise ConfigError(f"unknown arm(s) {sorted(unknown)}; arms are {ARMS}")
+    rows: list[ArmResult] = []
+    for fraction in fractions:
+        for seed in seeds:
+            run_dir = None if out_dir is None else str(Path(out_dir) / f"f{fraction:g}_s{seed}")
+            data = ClassificationDataModule(
+                adapter,
+                label_fraction=fraction,
+                fraction_seed=seed,
+                batch_size=batch_size,
+                split=split,
+                seed=seed,
+                run_dir=run_dir,
+            )
+            data.setup("fit")
+            counts = data.counts()
+            sizes = {
+                "train_patients": counts["train"]["patients"],
+                "train_samples": counts["train"]["samples"],
+                "test_patients": counts["test"]["patients"],
+                "test_samples": counts["test"]["samples"],
+            }
+            for arm in arms:
+                started = time.monotonic()
+                if arm == "linear_probe":
+                    scores = _probe(data, encoder_ckpt, probe_c)
+                else:
+                    scores = _train(data, arm, encoder_ckpt, epochs(fraction), lr, encoder_lr_scale, seed)
+                result = ArmResult(
+                    fraction,
+                    seed,
+                    arm,
+                    scores["auroc"],
+                    scores["auprc"],
+                    scores["f1_macro"],
+                    scores["accuracy"],
+                    **sizes,
+                    seconds=time.monotonic() - started,
+                )
+                rows.append(result)
+                if progress is not None:
+                    progress(
+                        f"{fraction:>6.0%} labels, seed {seed}, {arm:<12} AUROC {result.auroc:.3f} "
+                        f"({result.train_patients} patients, {result.seconds:.0f} s)"
+                    )
+    return pd.DataFrame([asdict(r) for r in rows])
+
+
+def _probe(data: ClassificationDataModule, encoder_ckpt: str | Path, c: float) -> dict[str, float]:
+    encoder = load_encoder(encoder_ckpt)
+    train_x, train_y = extract_embeddings(encoder, data.dataset("train", n_views=0), data.input_key)
+    test_x, test_y = extract_embeddings(encoder, data.dataset("test", n_views=0), data.input_key)
+    return LogisticProbe(data.task, data.num_classes, C=c).fit(train_x, train_y).score(test_x, test_y)
+
+
+def _train(
+    data: ClassificationDataModule,
+    arm: str,
+    encoder_ckpt: str | Path,
+    epochs: int,
+    lr: float,
+    encoder_lr_scale: float,
+    seed: int,
+) -> dict[str, float]:
+    L.seed_everything(seed, verbose=False)
+    model = ClassificationModule(
+        encoder_ckpt=str(encoder_ckpt),
+        mode=arm,
+        num_classes=data.num_classes,
+        task=data.task,
+        class_names=data.class_names,
+        input_key=data.input_key,
+        lr=lr,
+        encoder_lr_scale=encoder_lr_scale,
+    )
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="auto",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    trainer.fit(model, datamodule=data)
+    trainer.test(model, datamodule=data, verbose=False)
+    scores = model.results.get("test")
+    if scores is None:
+        raise ConfigError("the test split produced no predictions")
+    return scores
