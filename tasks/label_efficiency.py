@@ -51,6 +51,7 @@ class ArmResult:
     test_patients: int
     test_samples: int
     seconds: float
+    checkpoint: str = ""
 
 
 def default_epochs(fraction: float) -> int:
@@ -86,7 +87,8 @@ def run_label_efficiency(
         epochs: epochs of the neural arms as a function of the fraction.
         batch_size, lr, encoder_lr_scale: training settings of the neural arms.
         probe_c: inverse regularisation of the logistic-regression probe.
-        out_dir: where each run writes its data record (``<out_dir>/f<fraction>_s<seed>``); None: nowhere.
+        out_dir: where each run writes its data record and, for the neural arms, its trained model
+            (``<out_dir>/f<fraction>_s<seed>/{data record, <arm>.ckpt}``); None: nowhere.
         progress: called with one line per finished run.
     """
     unknown = set(arms) - set(ARMS)
@@ -115,10 +117,13 @@ def run_label_efficiency(
             }
             for arm in arms:
                 started = time.monotonic()
+                saved = "" if run_dir is None or arm == "linear_probe" else str(Path(run_dir) / f"{arm}.ckpt")
                 if arm == "linear_probe":
                     scores = _probe(data, encoder_ckpt, probe_c)
                 else:
-                    scores = _train(data, arm, encoder_ckpt, epochs(fraction), lr, encoder_lr_scale, seed)
+                    scores = _train(
+                        data, arm, encoder_ckpt, epochs(fraction), lr, encoder_lr_scale, seed, saved
+                    )
                 result = ArmResult(
                     fraction,
                     seed,
@@ -129,6 +134,7 @@ def run_label_efficiency(
                     scores["accuracy"],
                     **sizes,
                     seconds=time.monotonic() - started,
+                    checkpoint=saved,
                 )
                 rows.append(result)
                 if progress is not None:
@@ -154,6 +160,7 @@ def _train(
     lr: float,
     encoder_lr_scale: float,
     seed: int,
+    checkpoint: str,
 ) -> dict[str, float]:
     L.seed_everything(seed, verbose=False)
     model = ClassificationModule(
@@ -178,6 +185,8 @@ def _train(
         limit_val_batches=0,
     )
     trainer.fit(model, datamodule=data)
+    if checkpoint:
+        trainer.save_checkpoint(checkpoint, weights_only=True)  # model weights, no optimizer state
     trainer.test(model, datamodule=data, verbose=False)
     scores = model.results.get("test")
     if scores is None:

@@ -1,0 +1,50 @@
+"""``medcl demo`` end to end (smoke-test sized): every promised output exists and is consistent."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+LEVELS = ("observation", "sample", "trial", "patient")
+
+
+def test_quick_demo_writes_the_report_json_and_plots(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "medcl", "demo", "--out", str(out), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[1/4] pretraining" in result.stdout and "[4/4] report" in result.stdout
+
+    report = json.loads((out / "report.json").read_text())
+    runs = pd.DataFrame(report["label_efficiency"]["runs"])
+    # every fraction x arm, one seed in quick mode
+    assert len(runs) == 9 and set(runs["arm"]) == {"linear_probe", "finetune", "scratch"}
+    assert sorted(runs["fraction"].unique()) == [0.01, 0.1, 1.0]
+    for _, row in runs.iterrows():
+        assert 0.0 <= row["auroc"] <= 1.0 and 0.0 <= row["f1_macro"] <= 1.0
+        assert row["test_patients"] == 28 and row["test_samples"] == 288
+    patients = runs.groupby("fraction")["train_patients"].first().to_dict()
+    assert patients == {0.01: 2, 0.1: 16, 1.0: 154}  # ceil(f * 154), by patient
+    losses = report["pretraining"]["final_train_loss"]
+    assert set(LEVELS) <= set(losses) and all(v > 0 for v in losses.values())
+    assert report["wall_time_s"]["total"] > 0
+    assert report["embedding_map"]["patients"] == 28
+
+    for name in ("label_efficiency.png", "pretraining_loss.png", "embeddings.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    markdown = (out / "report.md").read_text()
+    assert "| 10% | pretrained, fine-tuned | 16 / 144 |" in markdown
+    for name in ("label_efficiency.png", "pretraining_loss.png", "embeddings.png"):
+        assert f"]({name})" in markdown
+    # the summary table holds exactly the runs' numbers
+    summary = pd.DataFrame(report["label_efficiency"]["summary"])
+    merged = summary.merge(runs, on=["fraction", "arm"])
+    assert (merged["auroc_mean"] - merged["auroc"]).abs().max() < 1e-12
