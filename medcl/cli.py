@@ -5,7 +5,9 @@
 ``medcl finetune``  LightningCLI front end of ``tasks.ClassificationModule`` on
                     ``tasks.ClassificationDataModule`` (``fit`` then ``test`` by default).
 ``medcl index``     build, validate and save a manifest; bad files go to ``quarantine.csv``.
-``medcl demo``      pretraining, label-efficiency study and report on the bundled real ECG.
+``medcl export``    ONNX export of a classification checkpoint, with parity check (needs torch).
+``medcl predict``   probabilities of raw files from an exported model (imports no torch).
+``medcl demo``      pretraining, label-efficiency study, export and report on the bundled real ECG.
 
 Errors that bad data or settings cause (:class:`~medcl.errors.MedclError`) are printed as one line
 naming the file and the problem, with exit status 2 — never as a traceback.
@@ -33,7 +35,11 @@ commands:
              medcl finetune --config configs/finetune/ptbxl_norm_mi.yaml --model.encoder_ckpt RUN/last.ckpt
   index      index and validate a dataset
              medcl index ROOT --modality ecg --out DIR
-  demo       the main job on the bundled real ECG: pretrain, label efficiency, report (~5 min on 2 cores)
+  export     a fine-tuned classifier to ONNX (preprocessing + labels inside, parity checked)
+             medcl export --ckpt RUN/checkpoints/last.ckpt --out model.onnx
+  predict    class probabilities of raw files with an exported model (no torch needed)
+             medcl predict --model model.onnx RECORD.hea [...] [--out predictions.csv]
+  demo       the main job on the bundled real ECG: pretrain, label efficiency, export, report (~6 min)
              medcl demo --out demo
 
 `medcl <command> --help` shows a command's options.
@@ -150,6 +156,100 @@ def run_index(argv: Sequence[str]) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
+def run_export(argv: Sequence[str]) -> int:
+    """``medcl export --ckpt CKPT --out model.onnx [--opset 17] [--rtol 1e-4] [--atol 1e-5]``."""
+    parser = argparse.ArgumentParser(
+        prog="medcl export",
+        description="Export a classification checkpoint to ONNX with the preprocessing spec, label names and "
+        "a torch-vs-onnxruntime parity report in its metadata. Fails (and writes nothing) above tolerance.",
+    )
+    parser.add_argument(
+        "--ckpt", required=True, help="checkpoint of medcl finetune / tasks.ClassificationModule"
+    )
+    parser.add_argument("--out", required=True, help="the .onnx file to write")
+    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--rtol", type=float, default=1e-4)
+    parser.add_argument("--atol", type=float, default=1e-5)
+    args = parser.parse_args(list(argv))
+    from export.onnx import export_classifier
+
+    metadata = export_classifier(args.ckpt, args.out, opset=args.opset, rtol=args.rtol, atol=args.atol)
+    parity = metadata["parity"]
+    real = parity["real"]
+    real_text = (
+        f"real windows ({real['n_inputs']}): max abs error {real['max_abs_error']:.2g}"
+        if real.get("passed") is not None
+        else f"real windows: skipped ({real['skipped']})"
+    )
+    print(
+        f"wrote {args.out}: {metadata['task']} over {', '.join(metadata['class_names'])}; parity vs torch: "
+        f"random ({parity['random']['n_inputs']}): max abs error {parity['random']['max_abs_error']:.2g}, "
+        f"{real_text} (rtol {args.rtol:g}, atol {args.atol:g})"
+    )
+    return 0
+
+
+def run_predict(argv: Sequence[str]) -> int:
+    """``medcl predict --model model.onnx INPUT... [--out FILE.csv|FILE.json] [--per-window] [--fs HZ]``."""
+    parser = argparse.ArgumentParser(
+        prog="medcl predict",
+        description="Class probabilities of raw recordings (WFDB, EDF/BDF, CSV) from a model written by "
+        "medcl export, with the model's own preprocessing. Runs on onnxruntime + numpy; no torch needed.",
+    )
+    parser.add_argument("--model", required=True, help="the .onnx model")
+    parser.add_argument("inputs", nargs="+", help="recordings (e.g. 00001_lr.hea, rec.edf, rec.csv)")
+    parser.add_argument("--out", default=None, help="write CSV or JSON (by suffix) instead of printing CSV")
+    parser.add_argument("--per-window", action="store_true", help="one row per window instead of per file")
+    parser.add_argument(
+        "--fs", type=float, default=None, help="sampling rate of CSV files without a time column"
+    )
+    parser.add_argument(
+        "--on-error",
+        choices=("raise", "skip"),
+        default="raise",
+        help="a bad file stops (default) or is reported",
+    )
+    args = parser.parse_args(list(argv))
+    from export.predictor import OnnxPredictor
+
+    predictor = OnnxPredictor(args.model)
+    rows: list[dict[str, Any]] = []
+    failed = 0
+    for path in args.inputs:
+        try:
+            rows.extend(predictor.rows(predictor.predict_file(path, fs=args.fs), per_window=args.per_window))
+        except MedclError as error:
+            if args.on_error == "raise":
+                raise
+            failed += 1
+            print(f"medcl predict: skipped {error}", file=sys.stderr)
+    _write_rows(rows, args.out)
+    if failed:
+        print(f"medcl predict: {failed} of {len(args.inputs)} file(s) skipped", file=sys.stderr)
+    return 0
+
+
+def _write_rows(rows: list[dict[str, Any]], out: str | None) -> None:
+    import csv
+    import json
+
+    if out is not None and out.endswith(".json"):
+        with open(out, "w") as handle:
+            json.dump(rows, handle, indent=2)
+        return
+    columns = list(rows[0]) if rows else ["file"]
+    if out is None:
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        return
+    with open(out, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+# --------------------------------------------------------------------------------------------------
 def run_demo(argv: Sequence[str]) -> int:
     """``medcl demo --out DIR [--quick] [--seeds 0 1 2] [--pretrain-epochs 10]``."""
     from medcl.demo import DemoSettings
@@ -180,6 +280,8 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "pretrain": run_pretrain,
     "finetune": run_finetune,
     "index": run_index,
+    "export": run_export,
+    "predict": run_predict,
     "demo": run_demo,
 }
 
@@ -204,6 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MedclError as error:
         print(f"medcl {args[0]}: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of our output went away (e.g. `| head`)
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

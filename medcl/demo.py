@@ -8,7 +8,10 @@
    encoder, and the same architecture trained from scratch, all scored on the test patients.
 3. **Embedding map**: t-SNE of the pretrained embeddings of the test patients' windows, coloured by
    class and by patient.
-4. **Report**: ``report.md``, ``report.json`` and PNG plots in the output folder.
+4. **Export**: the fine-tuned classifier (100 % of the labels, first seed) to ``model.onnx`` with its
+   preprocessing and label names, parity-checked against torch; then the torch-free predictor runs on
+   raw test records and its probabilities are compared with the torch model's.
+5. **Report**: ``report.md``, ``report.json`` and PNG plots in the output folder.
 
 The demo is an application of the library: unlike medcl's core it imports a concrete modality.
 """
@@ -102,7 +105,7 @@ def run_demo(
 
     # 1. pretraining ------------------------------------------------------------------------------
     progress(
-        f"[1/4] pretraining: hierarchical contrast, {settings.pretrain_epochs} epoch(s) on the bundled PTB-XL"
+        f"[1/5] pretraining: hierarchical contrast, {settings.pretrain_epochs} epoch(s) on the bundled PTB-XL"
     )
     L.seed_everything(settings.seed, verbose=False)
     data = PretrainDataModule(
@@ -141,7 +144,7 @@ def run_demo(
 
     # 2. label efficiency -------------------------------------------------------------------------
     progress(
-        "[2/4] label efficiency, NORM vs MI: fractions "
+        "[2/5] label efficiency, NORM vs MI: fractions "
         f"{', '.join(f'{f:.0%}' for f in settings.fractions)} x seeds {', '.join(map(str, settings.seeds))} "
         f"x arms {', '.join(ARM_LABELS)}"
     )
@@ -160,13 +163,24 @@ def run_demo(
     seconds["label_efficiency"] = time.monotonic() - step_started
 
     # 3. embedding map ----------------------------------------------------------------------------
-    progress("[3/4] embedding map of the test patients (t-SNE)")
+    progress("[3/5] embedding map of the test patients (t-SNE)")
     step_started = time.monotonic()
     embedding_map = _embedding_map(adapter, split, encoder_ckpt, out)
     seconds["embedding_map"] = time.monotonic() - step_started
 
-    # 4. report -----------------------------------------------------------------------------------
-    progress("[4/4] report")
+    # 4. export and torch-free prediction ---------------------------------------------------------
+    progress("[4/5] export to ONNX and prediction on raw test records without torch")
+    step_started = time.monotonic()
+    exported = _export_and_check(results, settings, out, adapter, split)
+    seconds["export"] = time.monotonic() - step_started
+    progress(
+        f"      {exported['model']}: parity max abs error {exported['parity_max_abs_error']:.2g}; "
+        f"predictor vs torch on {exported['records']} raw records: max abs difference "
+        f"{exported['max_abs_difference']:.2g}"
+    )
+
+    # 5. report -----------------------------------------------------------------------------------
+    progress("[5/5] report")
     summary = _summarise(results)
     _plot_label_efficiency(summary, out / "label_efficiency.png")
     _plot_pretraining(pretraining, out / "pretraining_loss.png")
@@ -201,8 +215,10 @@ def run_demo(
             "summary": summary.to_dict(orient="records"),
         },
         "embedding_map": embedding_map,
+        "export": exported,
         "wall_time_s": {k: round(v, 1) for k, v in seconds.items()},
         "plots": ["label_efficiency.png", "pretraining_loss.png", "embeddings.png"],
+        "model": "model.onnx",
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
     (out / "report.md").write_text(_markdown(report, summary))
@@ -299,6 +315,50 @@ def _embedding_map(adapter: Any, split: Any, encoder_ckpt: Path, out: Path) -> d
         "method": "t-SNE (scikit-learn, perplexity 30, PCA init)",
         "windows": len(points),
         "patients": len(np.unique(patients)),
+    }
+
+
+def _export_and_check(
+    results: pd.DataFrame, settings: DemoSettings, out: Path, adapter: Any, split: Any
+) -> dict[str, Any]:
+    """Export the fine-tuned model (largest fraction, first seed); run the predictor on raw test records."""
+    import torch
+
+    from export.onnx import export_classifier, load_classifier
+    from export.predictor import OnnxPredictor
+    from tasks.data import ClassificationDataModule
+
+    chosen = results[(results["arm"] == "finetune") & (results["seed"] == settings.seeds[0])]
+    chosen = chosen.sort_values("fraction").iloc[-1]
+    model_path = out / "model.onnx"
+    metadata = export_classifier(chosen["checkpoint"], model_path)
+    predictor = OnnxPredictor(model_path)
+    model, _ = load_classifier(chosen["checkpoint"])
+    data = ClassificationDataModule(adapter, split=split)
+    data.setup("test")
+    test = data.samples["test"]
+    paths = list(dict.fromkeys(test["path"]))[:5]
+    worst = 0.0
+    for path in paths:
+        prediction = predictor.predict_file(path)
+        rows = test[test["path"] == path]
+        windows = np.stack([adapter.load_sample(row)["signal"] for _, row in rows.iterrows()])
+        with torch.no_grad():
+            expected = model(torch.from_numpy(windows))[1].numpy()
+        worst = max(worst, float(np.abs(prediction.window_probabilities - expected).max()))
+    return {
+        "model": str(model_path),
+        "from_checkpoint": str(chosen["checkpoint"]),
+        "label_fraction": float(chosen["fraction"]),
+        "parity_max_abs_error": max(
+            metadata["parity"]["random"]["max_abs_error"],
+            metadata["parity"]["real"].get("max_abs_error", 0.0),
+        ),
+        "parity": metadata["parity"],
+        "records": len(paths),
+        "record_paths": paths,
+        "max_abs_difference": worst,
+        "predict_command": f"medcl predict --model {model_path} " + " ".join(f"{p}.hea" for p in paths[:2]),
     }
 
 
@@ -417,6 +477,19 @@ def _markdown(report: dict[str, Any], summary: pd.DataFrame) -> str:
         "within the noise; the larger benchmark is in docs/benchmarks.md.",
         "",
         "![label efficiency](label_efficiency.png)",
+        "",
+        "## Export and torch-free prediction",
+        f"The fine-tuned classifier ({report['export']['label_fraction']:.0%} of the labels) was exported to "
+        f"`{Path(report['export']['model']).name}` (ONNX, opset {report['export']['parity']['opset']}, "
+        "preprocessing and label names in its metadata). Parity with torch: max abs error "
+        f"{report['export']['parity_max_abs_error']:.2g} (tolerance rtol "
+        f"{report['export']['parity']['rtol']:g}, atol {report['export']['parity']['atol']:g}). The "
+        f"torch-free predictor on {report['export']['records']} raw test records (read and preprocessed in "
+        "numpy) gave "
+        f"window probabilities within {report['export']['max_abs_difference']:.2g} of the torch model's on "
+        "the training pipeline's windows. Try it:",
+        "",
+        f"    {report['export']['predict_command']}",
         "",
         "## Embeddings",
         f"{report['embedding_map']['method']} of {report['embedding_map']['windows']} test windows "

@@ -270,4 +270,5 @@ class ClassificationModule(L.LightningModule):
             "class_names": self.hparams["class_names"],
             "modality": getattr(adapter, "modality", None),
             "input": adapter.input_spec() if adapter is not None else None,
+            "adapter": module_spec(adapter) if adapter is not None else None,
         }

@@ -21,7 +21,7 @@ def test_quick_demo_writes_the_report_json_and_plots(tmp_path: Path) -> None:
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "[1/4] pretraining" in result.stdout and "[4/4] report" in result.stdout
+    assert "[1/5] pretraining" in result.stdout and "[5/5] report" in result.stdout
 
     report = json.loads((out / "report.json").read_text())
     runs = pd.DataFrame(report["label_efficiency"]["runs"])
@@ -48,3 +48,26 @@ def test_quick_demo_writes_the_report_json_and_plots(tmp_path: Path) -> None:
     summary = pd.DataFrame(report["label_efficiency"]["summary"])
     merged = summary.merge(runs, on=["fraction", "arm"])
     assert (merged["auroc_mean"] - merged["auroc"]).abs().max() < 1e-12
+
+    # the exported model: parity recorded, and the torch-free predictor agrees with torch on raw records
+    exported = report["export"]
+    assert (out / "model.onnx").is_file() and exported["label_fraction"] == 1.0
+    assert exported["parity"]["random"]["passed"] and exported["parity"]["real"]["passed"]
+    assert exported["records"] == 5 and exported["max_abs_difference"] <= 1e-5
+    predicted = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medcl",
+            "predict",
+            "--model",
+            str(out / "model.onnx"),
+            *[f"{p}.hea" for p in exported["record_paths"][:2]],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    lines = predicted.stdout.strip().splitlines()
+    assert lines[0] == "file,windows,p_NORM,p_MI,predicted" and len(lines) == 3

@@ -258,5 +258,6 @@ class PretrainModule(L.LightningModule):
             "objective": module_spec(self.objective),
             "modality": getattr(adapter, "modality", None),
             "input": adapter.input_spec() if adapter is not None else None,
+            "adapter": module_spec(adapter) if adapter is not None else None,
             "class_names": list(adapter.class_names) if adapter is not None and adapter.class_names else None,
         }

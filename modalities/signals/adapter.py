@@ -5,9 +5,11 @@ and anything else in WFDB, EDF or CSV). It
 
 1. indexes a dataset (PTB-XL, MIT-BIH, eegmat or a generic folder/CSV layout; every file read and
    checked, bad ones quarantined) or reads a saved ``medcl index`` output;
-2. preprocesses each *trial* (recording) once, as a list of MONAI dictionary transforms: NaN-gap
-   filling → resampling to ``target_fs`` → zero-phase band-pass → optional notch → per-channel
-   z-scoring over the whole trial (or per window), and caches the result per worker;
+2. preprocesses each *trial* (recording) once — NaN-gap filling → resampling to ``target_fs`` →
+   zero-phase band-pass → optional notch → per-channel z-scoring over the whole trial (or per window) —
+   by running its preprocessing spec (:meth:`SignalAdapter.input_spec`) through
+   :mod:`modalities.signals.pipeline`, the same code the torch-free ONNX predictor runs, and caches the
+   result per worker;
 3. cuts trials into *samples* (windows of ``window_s`` every ``stride_s``, or windows centred on
    annotated events such as MIT-BIH beats), with their patient, trial and sample ids and labels;
 4. makes contrastive views with :func:`~modalities.signals.augment.ecg_contrastive_views`;
@@ -33,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from monai.transforms import MapTransform
 from torch import nn
 
 from medcl.configurable import Configurable
@@ -41,21 +42,13 @@ from medcl.data.adapter import IndexedData
 from medcl.errors import ConfigError, DataError
 from modalities.bundled import resolve_root
 from modalities.signals.augment import ecg_contrastive_views
+from modalities.signals.dsp import Resample, segment_starts
 from modalities.signals.encoders import build_encoder
 from modalities.signals.indexing import index_signals, load_index
 from modalities.signals.labels import AAMI_CLASSES, PTBXL_SUPERCLASSES
 from modalities.signals.manifests import build_manifest
+from modalities.signals.pipeline import finish_window, make_windows, preprocess_recording
 from modalities.signals.readers import read_signal
-from modalities.signals.transforms import (
-    BandPassd,
-    FillNaNd,
-    NormalizePerChannel,
-    NormalizePerChanneld,
-    Notchd,
-    Resample,
-    Resampled,
-    segment_starts,
-)
 
 __all__ = ["DATASET_CHANNELS", "LABEL_TASKS", "SignalAdapter"]
 
@@ -201,7 +194,7 @@ class SignalAdapter(Configurable):
         self._class_names = list(class_names) if class_names is not None else None
         self._folder_label_info: tuple[str | None, list[str] | None] | None = None
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._preprocess = self._preprocessing()
+        self._steps = self.input_spec()["preprocessing"]
 
     # ----------------------------------------------------------------------------------------------
     # pickling for DataLoader workers: the trial cache stays behind
@@ -382,34 +375,30 @@ class SignalAdapter(Configurable):
         return out
 
     # ----------------------------------------------------------------------------------------------
-    def _preprocessing(self) -> list[MapTransform]:
-        """The trial-level preprocessing as MONAI dictionary transforms on ``{"signal", "meta"}``."""
-        key = self.input_key
-        steps: list[MapTransform] = [
-            FillNaNd(key, max_gap_s=self.max_nan_gap_s),
-            Resampled(key, self.target_fs),
-        ]
-        if self.bandpass_hz is not None:
-            steps.append(BandPassd(key, low_hz=self.bandpass_hz[0], high_hz=self.bandpass_hz[1]))
-        if self.notch_hz is not None:
-            steps.append(Notchd(key, freq=self.notch_hz))
-        if self.normalize == "trial":
-            steps.append(NormalizePerChanneld(key))
-        return steps
-
     def preprocess_trial(
         self, path: str, fs: float | None = None, file_format: str | None = None
     ) -> np.ndarray:
-        """Read one recording and preprocess it whole: ``(len(channels), T')`` float32 at ``target_fs``."""
+        """Read one recording and run the recording-level preprocessing of :meth:`input_spec` on it
+        (:func:`modalities.signals.pipeline.preprocess_recording`, the code the ONNX predictor runs too):
+        ``(len(channels), T')`` float32 at ``target_fs``."""
         kwargs = {"fs": float(fs)} if file_format == "csv" and fs is not None else {}
         record = read_signal(path, channels=self.channels, **kwargs)
-        data: dict[str, Any] = {
-            self.input_key: record.data,
-            "meta": {"fs": record.fs, "channel_names": list(self.channels), "path": str(path)},
-        }
-        for step in self._preprocess:
-            data = step(data)
-        return np.asarray(data[self.input_key], dtype=np.float32)
+        x, _ = preprocess_recording(record.data, record.fs, self._steps, self.channels, str(path))
+        return x
+
+    def example_windows(self, n: int = 16) -> np.ndarray:
+        """Up to ``n`` preprocessed windows ``(N, C, window)`` from the first recordings the dataset lists
+        (read from their headers only; for export parity checks on real data)."""
+        trials = build_manifest(self.dataset, resolve_root(self.root), **self.dataset_kwargs).trials
+        windows: list[np.ndarray] = []
+        for row in trials.itertuples(index=False):
+            x = self.preprocess_trial(str(row.path), float(row.fs), str(row.format))
+            windows.extend(make_windows(x, self._steps, str(row.path))[0])
+            if len(windows) >= n:
+                break
+        if not windows:
+            raise ConfigError(f"no window could be read from {self.root}")
+        return np.stack(windows[:n])
 
     def _trial(self, row: pd.Series) -> np.ndarray:
         path = str(row["path"])
@@ -436,8 +425,7 @@ class SignalAdapter(Configurable):
                 f"{self.target_fs:g} Hz); the file changed since it was indexed",
                 "index the data again",
             )
-        if self.normalize == "sample":
-            window = NormalizePerChannel()(window)
+        window = finish_window(window, self._steps)
         return {
             self.input_key: np.ascontiguousarray(window),
             "patient_id": str(row["patient_id"]),

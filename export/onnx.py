@@ -1,0 +1,273 @@
+"""ONNX export of classification models, with the preprocessing embedded and a parity proof.
+
+:func:`export_classifier` turns a checkpoint written by :class:`tasks.ClassificationModule` into one
+self-contained ONNX file (opset >= 17, dynamic batch axis) whose metadata (key ``"medcl"``, a JSON string)
+holds everything needed to go from a raw file to class probabilities: the medcl version, modality,
+task type, label names, the input spec (channels, sampling rate, window length) and the complete
+preprocessing spec, and the parity result. Before the file is written, onnxruntime's outputs are
+compared with torch's on random inputs and on real windows; above the tolerance the export fails and
+no file is left behind.
+
+The exported graph takes ``input`` ``(B, C, T)`` float32 (preprocessed windows) and returns ``logits``
+``(B, K)`` and ``probabilities`` ``(B, K)`` (softmax for multi-class, per-class sigmoid for multi-label).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import Tensor, nn
+
+import medcl
+from medcl.checkpoints import encoder_state_dict, load_checkpoint
+from medcl.configurable import instantiate_spec
+from medcl.errors import ConfigError, MedclError
+from tasks.classification import build_head
+
+__all__ = [
+    "METADATA_KEY",
+    "ExportParityError",
+    "ExportableClassifier",
+    "export_classifier",
+    "load_classifier",
+]
+
+METADATA_KEY = "medcl"
+FORMAT = "medcl-onnx/1"
+
+
+class ExportParityError(MedclError):
+    """onnxruntime's outputs differ from torch's by more than the tolerance."""
+
+
+class ExportableClassifier(nn.Module):
+    """Encoder + head returning ``(logits, probabilities)``: ``(B, C, T) → (B, K), (B, K)``."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, task: str) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.task = task
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        logits = self.head(self.encoder(x))
+        probabilities = torch.sigmoid(logits) if self.task == "multilabel" else torch.softmax(logits, dim=-1)
+        return logits, probabilities
+
+
+def load_classifier(checkpoint_path: str | Path) -> tuple[ExportableClassifier, dict[str, Any]]:
+    """The classifier of a ``tasks.ClassificationModule`` checkpoint, in eval mode, and its medcl metadata.
+
+    Only plain data is read (``weights_only=True``); the encoder is rebuilt from its recorded spec
+    (medcl's own classes only).
+    """
+    checkpoint = load_checkpoint(checkpoint_path)
+    meta = checkpoint.get("medcl") or {}
+    if meta.get("kind") != "classification":
+        raise ConfigError(
+            f"{checkpoint_path} is not a classification checkpoint (medcl export needs a model trained with "
+            "medcl finetune or tasks.ClassificationModule; a pretraining checkpoint has no head)"
+        )
+    if meta.get("encoder") is None or meta.get("input") is None:
+        raise ConfigError(f"{checkpoint_path} does not record its encoder and input spec; cannot export it")
+    hparams = checkpoint.get("hyper_parameters") or {}
+    encoder = instantiate_spec(meta["encoder"])
+    kind = hparams.get("head") or ("linear" if hparams.get("mode") == "linear" else "mlp")
+    head = build_head(
+        kind,
+        encoder.embedding_dim,
+        int(hparams["num_classes"]),
+        int(hparams.get("hidden_dim", 128)),
+        float(hparams.get("dropout", 0.1)),
+    )
+    encoder.load_state_dict(encoder_state_dict(checkpoint))
+    head.load_state_dict(encoder_state_dict(checkpoint, prefix="head."))
+    model = ExportableClassifier(encoder, head, meta["task"]).eval()
+    return model, {**meta, "num_classes": int(hparams["num_classes"])}
+
+
+def _errors(reference: np.ndarray, candidate: np.ndarray, rtol: float, atol: float) -> dict[str, Any]:
+    difference = np.abs(candidate.astype(np.float64) - reference.astype(np.float64))
+    relative = difference / np.maximum(np.abs(reference.astype(np.float64)), 1e-12)
+    return {
+        "max_abs_error": float(difference.max(initial=0.0)),
+        "max_rel_error": float(relative.max(initial=0.0)),
+        "passed": bool(np.allclose(candidate, reference, rtol=rtol, atol=atol)),
+    }
+
+
+def check_parity(
+    model: nn.Module, onnx_path: str | Path, inputs: np.ndarray, rtol: float, atol: float
+) -> dict[str, Any]:
+    """Compare torch and onnxruntime on ``inputs`` ``(N, C, T)``: max abs/rel error per output, pass/fail."""
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    batch = inputs.astype(np.float32)
+    with torch.no_grad():
+        expected = [t.numpy() for t in model(torch.from_numpy(batch))]
+    got = session.run(["logits", "probabilities"], {"input": batch})
+    per_output = {
+        name: _errors(e, g, rtol, atol)
+        for name, e, g in zip(("logits", "probabilities"), expected, got, strict=True)
+    }
+    return {
+        "n_inputs": len(batch),
+        "max_abs_error": max(v["max_abs_error"] for v in per_output.values()),
+        "max_rel_error": max(v["max_rel_error"] for v in per_output.values()),
+        "passed": all(v["passed"] for v in per_output.values()),
+        "outputs": per_output,
+    }
+
+
+def _sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _set_metadata(model_path: Path, metadata: dict[str, Any]) -> None:
+    model = onnx.load(str(model_path))
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    onnx.save(model, str(model_path))
+
+
+def export_classifier(
+    checkpoint_path: str | Path,
+    out_path: str | Path,
+    real_inputs: np.ndarray | None = None,
+    opset: int = 17,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+    n_random: int = 8,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Export a classification checkpoint to ONNX; returns the metadata written into the model.
+
+    Args:
+        checkpoint_path: a ``tasks.ClassificationModule`` checkpoint.
+        out_path: the ``.onnx`` file to write (one self-contained file).
+        real_inputs: preprocessed real windows ``(N, C, T)`` for the parity check; by default taken from
+            the training data through the adapter recorded in the checkpoint, when it can be rebuilt.
+        opset: ONNX opset (>= 17).
+        rtol, atol: parity tolerance: every output must satisfy ``|ort - torch| <= atol + rtol·|torch|``.
+        n_random: random standard-normal inputs in the parity check.
+        seed: seed of the random inputs.
+
+    Raises:
+        ExportParityError: onnxruntime and torch disagree beyond the tolerance (no file is written).
+    """
+    if opset < 17:
+        raise ConfigError(f"opset must be >= 17, got {opset}")
+    model, meta = load_classifier(checkpoint_path)
+    spec = meta["input"]
+    channels, length = len(spec["channels"]), int(spec["window_samples"])
+    random_inputs = (
+        np.random.default_rng(seed).standard_normal((n_random, channels, length)).astype(np.float32)
+    )
+    real_skipped = None
+    if real_inputs is None:
+        real_inputs, real_skipped = _real_windows(meta, n=16)
+    if real_inputs is not None and real_inputs.shape[1:] != (channels, length):
+        raise ConfigError(
+            f"real inputs have shape {real_inputs.shape[1:]}, the model takes {(channels, length)}"
+        )
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(suffix=".onnx", dir=out_path.parent)
+    os.close(handle)
+    temporary_path = Path(temporary)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its deprecation
+            torch.onnx.export(
+                model,
+                (torch.from_numpy(random_inputs[:2]),),
+                str(temporary_path),
+                input_names=["input"],
+                output_names=["logits", "probabilities"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}},
+                opset_version=opset,
+                dynamo=False,
+            )
+        onnx.checker.check_model(str(temporary_path))
+        parity = {
+            "rtol": rtol,
+            "atol": atol,
+            "random": check_parity(model, temporary_path, random_inputs, rtol, atol),
+        }
+        if real_inputs is not None:
+            parity["real"] = check_parity(model, temporary_path, real_inputs, rtol, atol)
+        else:
+            parity["real"] = {"skipped": real_skipped, "passed": None}
+        failed = [name for name in ("random", "real") if parity[name]["passed"] is False]
+        if failed:
+            details = "; ".join(
+                f"{name}: max abs error {parity[name]['max_abs_error']:.3g}, max rel error "
+                f"{parity[name]['max_rel_error']:.3g}"
+                for name in failed
+            )
+            raise ExportParityError(
+                f"onnxruntime and torch disagree beyond rtol={rtol}, atol={atol} ({details}); "
+                "no model written"
+            )
+        metadata = {
+            "format": FORMAT,
+            "medcl_version": medcl.__version__,
+            "modality": meta.get("modality"),
+            "task": meta["task"],
+            "class_names": meta.get("class_names") or [f"class_{k}" for k in range(meta["num_classes"])],
+            "outputs": {
+                "logits": "(B, K) raw scores",
+                "probabilities": "(B, K) "
+                + ("per-class sigmoid" if meta["task"] == "multilabel" else "softmax"),
+            },
+            "input": {
+                "name": "input",
+                "layout": "(B, C, T)",
+                "dtype": "float32",
+                "channels": list(spec["channels"]),
+                "fs": float(spec["fs"]),
+                "window_samples": length,
+            },
+            "preprocessing": spec["preprocessing"],
+            "aggregation": "a recording's probabilities are the mean of its windows' probabilities",
+            "parity": {
+                **parity,
+                "opset": opset,
+                "torch_version": torch.__version__,
+                "onnxruntime_version": ort.__version__,
+            },
+            "source_checkpoint": {"file": Path(checkpoint_path).name, "sha256": _sha256(checkpoint_path)},
+        }
+        _set_metadata(temporary_path, metadata)
+        os.replace(temporary_path, out_path)
+    finally:
+        if temporary_path.exists():
+            temporary_path.unlink()
+    return metadata
+
+
+def _real_windows(meta: dict[str, Any], n: int) -> tuple[np.ndarray | None, str | None]:
+    """Real preprocessed windows from the data the model was trained on (through the adapter recorded in
+    the checkpoint), or ``(None, why not)``."""
+    spec = meta.get("adapter")
+    if spec is None:
+        return None, "the checkpoint does not record its data adapter; pass real inputs"
+    try:
+        return instantiate_spec(spec).example_windows(n), None
+    except MedclError as error:
+        return None, f"the training data could not be read: {error}"
