@@ -128,6 +128,24 @@ def check_parity(
     }
 
 
+def export_graph(model: nn.Module, example: np.ndarray, path: str | Path, opset: int = 17) -> None:
+    """Write ``model`` (``input`` ``(B, C, T)`` → ``logits``, ``probabilities``) as ONNX with a dynamic batch
+    axis, in one self-contained file, and check it with the ONNX checker."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its deprecation
+        torch.onnx.export(
+            model,
+            (torch.from_numpy(np.asarray(example, dtype=np.float32)),),
+            str(path),
+            input_names=["input"],
+            output_names=["logits", "probabilities"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,
+        )
+    onnx.checker.check_model(str(path))
+
+
 def _sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -191,19 +209,7 @@ def export_classifier(
     os.close(handle)
     temporary_path = Path(temporary)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its deprecation
-            torch.onnx.export(
-                model,
-                (torch.from_numpy(random_inputs[:2]),),
-                str(temporary_path),
-                input_names=["input"],
-                output_names=["logits", "probabilities"],
-                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}},
-                opset_version=opset,
-                dynamo=False,
-            )
-        onnx.checker.check_model(str(temporary_path))
+        export_graph(model, random_inputs[:2], temporary_path, opset)
         parity = {
             "rtol": rtol,
             "atol": atol,
