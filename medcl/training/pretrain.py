@@ -142,7 +142,8 @@ class PretrainModule(L.LightningModule):
         with torch.no_grad():
             z = F.normalize(pooled.detach().float(), dim=-1)
             logged[f"{stage}/alignment"] = alignment(z[0], z[1], normalize=False)
-            logged[f"{stage}/uniformity"] = uniformity(z[0], normalize=False)
+            if batch_size > 1:  # uniformity needs pairs
+                logged[f"{stage}/uniformity"] = uniformity(z[0], normalize=False)
         if self.probe is not None and contract.LABEL in batch:
             probe_loss = self._probe_step(pooled[0].detach(), batch, stage)
             if probe_loss is not None:
@@ -173,7 +174,7 @@ class PretrainModule(L.LightningModule):
         if self.probe is None or self.probe_auroc is None:
             return None
         mask = batch[contract.HAS_LABEL].bool()
-        if not bool(mask.any()):
+        if int(mask.sum()) < (2 if self.training else 1):  # the probe's BatchNorm needs 2 rows to train
             return None
         logits = self.probe(embeddings[mask].float())
         target = batch[contract.LABEL][mask]
