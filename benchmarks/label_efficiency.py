@@ -9,7 +9,9 @@ same patient split:
 - split: ``norm_mi_patient_split.json`` (209 / 70 / 70 patients); trials = 10 s records at 100 Hz,
   samples = 2 s windows with 50 % overlap (9 per record), per-lead standardised over each record;
 - pretraining: :class:`medcl.objectives.HierarchicalContrast` (COMET's four levels, weights 0.25, one pair
-  of views per step) on the training patients' windows, with TS2Vec's encoder at COMET's sizes;
+  of views per step) on the training patients' windows (``--pretrain-on all``: on every record of every
+  patient who is not a validation or test patient, unlabelled records included), with TS2Vec's
+  encoder at COMET's sizes;
 - label fractions: 1 %, 10 %, 100 % of the training *patients* (seeds 0, 1, 2), scored on the test
   patients' windows; arms: logistic-regression probe on frozen embeddings, fine-tuning, and the same
   encoder from scratch (50 epochs at <= 10 %, 10 at 100 %, last epoch scored, as ANCHORS.md's scratch).
@@ -80,6 +82,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dims", type=int, default=320)
     parser.add_argument("--depth", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=96)
+    parser.add_argument(
+        "--weights",
+        type=float,
+        nargs=4,
+        default=[0.25, 0.25, 0.25, 0.25],
+        metavar=("OBSERVATION", "SAMPLE", "TRIAL", "PATIENT"),
+        help="level weights (COMET's default 0.25 each)",
+    )
+    parser.add_argument(
+        "--pretrain-on",
+        choices=("labelled", "all"),
+        default="labelled",
+        help="labelled: the training patients' NORM/MI windows (what COMET was pretrained on); all: every "
+        "record of every patient outside the validation and test patients (unlabelled records too)",
+    )
     parser.add_argument("--quick", action="store_true", help="2 epochs per fine-tuning run (smoke test)")
     args = parser.parse_args(argv)
 
@@ -96,13 +113,23 @@ def main(argv: list[str] | None = None) -> int:
     split = SplitConfig(method="file", file=str(anchors_split(ptbxl, out)))
 
     L.seed_everything(0, verbose=False)
-    data = LabelledPretrainData(
-        adapter, batch_size=args.batch_size, samples_per_trial=3, trials_per_patient=2, split=split
-    )
+    if args.pretrain_on == "labelled":
+        data = LabelledPretrainData(
+            adapter, batch_size=args.batch_size, samples_per_trial=3, trials_per_patient=2, split=split
+        )
+    else:
+        everyone_else = SplitConfig(method="file", file=split.file, unassigned="train")
+        data = PretrainDataModule(
+            adapter,
+            batch_size=args.batch_size,
+            samples_per_trial=3,
+            trials_per_patient=2,
+            split=everyone_else,
+        )
     encoder = TS2VecEncoder(12, hidden_dims=args.hidden_dims, output_dims=args.output_dims, depth=args.depth)
     model = PretrainModule(
         encoder,
-        HierarchicalContrast(),
+        HierarchicalContrast(*args.weights),
         lr=1e-3,
         weight_decay=0.01,
         probe_num_classes=data.probe_num_classes,

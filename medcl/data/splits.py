@@ -52,6 +52,9 @@ class SplitConfig:
         val_folds: folds that go to validation (``fold``).
         test_folds: folds that go to test (``fold``); every other fold is train.
         file: path of a saved assignment (``file``).
+        unassigned: what happens to patients the split file does not name (``file``): ``"drop"`` (left
+            out) or ``"train"`` (added to training: e.g. to pretrain on the unlabelled patients that a
+            labelled split leaves out, while validation and test stay exactly the file's).
     """
 
     method: str = "random"
@@ -63,6 +66,7 @@ class SplitConfig:
     val_folds: Sequence[int] = (9,)
     test_folds: Sequence[int] = (10,)
     file: str | None = None
+    unassigned: str = "drop"
 
     def __post_init__(self) -> None:
         if self.method not in ("random", "fold", "file"):
@@ -78,6 +82,8 @@ class SplitConfig:
             )
         if self.method == "file" and not self.file:
             raise ConfigError("split method 'file' needs split.file (a CSV patient_id,split or a JSON)")
+        if self.unassigned not in ("drop", "train"):
+            raise ConfigError(f"split unassigned must be 'drop' or 'train', got {self.unassigned!r}")
         overlap = set(self.val_folds) & set(self.test_folds)
         if overlap:
             raise ConfigError(f"folds {sorted(overlap)} are both val_folds and test_folds")
@@ -195,7 +201,8 @@ def assign_splits(trials: pd.DataFrame, config: SplitConfig) -> pd.Series:
 
     Returns:
         a Series indexed by ``patient_id`` (str) with values in :data:`SPLITS`; patients absent from a
-        split file are left out (their rows are not used), which the caller should report.
+        split file are left out (their rows are not used), or put in training with
+        ``unassigned="train"``.
     """
     patients = trials["patient_id"].astype(str)
     if config.method == "random":
@@ -216,6 +223,11 @@ def assign_splits(trials: pd.DataFrame, config: SplitConfig) -> pd.Series:
             raise ConfigError("split method 'file' needs split.file")
         assignment = load_splits(config.file)
         assignment = assignment[assignment.index.isin(set(patients))]
+        if config.unassigned == "train":
+            others = sorted(set(patients) - set(assignment.index))
+            assignment = pd.concat(
+                [assignment, pd.Series("train", index=pd.Index(others, name="patient_id"))]
+            )
     assignment = _normalized(assignment)
     verify_disjoint(assignment.reset_index())
     return assignment

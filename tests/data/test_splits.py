@@ -90,6 +90,20 @@ def test_split_file_round_trip_and_json(tmp_path: Path) -> None:
     assert loaded.to_dict() == {"p1": "train", "p2": "train", "p3": "test"}
 
 
+def test_unassigned_patients_can_join_training(tmp_path: Path) -> None:
+    trials = manifest(n_patients=10)
+    (tmp_path / "s.json").write_text(json.dumps({"train": ["p1"], "val": ["p2"], "test": ["p3"]}))
+    dropped = assign_splits(trials, SplitConfig(method="file", file=str(tmp_path / "s.json")))
+    assert dropped.to_dict() == {"p1": "train", "p2": "val", "p3": "test"}
+    kept = assign_splits(
+        trials, SplitConfig(method="file", file=str(tmp_path / "s.json"), unassigned="train")
+    )
+    assert len(kept) == 10 and kept[["p2", "p3"]].tolist() == ["val", "test"]
+    assert (kept.drop(["p2", "p3"]) == "train").all()
+    with pytest.raises(ConfigError):
+        SplitConfig(method="file", file="x.csv", unassigned="test")
+
+
 def test_split_file_with_a_leaking_patient_is_refused(tmp_path: Path) -> None:
     (tmp_path / "bad.csv").write_text("patient_id,split\np1,train\np2,val\np1,test\n")
     with pytest.raises(SplitLeakError, match=r"1 patient\(s\).*p1"):
