@@ -215,3 +215,43 @@ def test_predict_cli_writes_csv_and_json_and_can_skip_bad_files(
     )
     assert lenient.returncode == 0 and "1 of 2 file(s) skipped" in lenient.stderr
     assert len(pd.read_csv(pd.io.common.StringIO(lenient.stdout))) == 1
+
+
+def test_csv_and_edf_inputs_give_the_wfdb_predictions(
+    model_path: Path, bundled_ptbxl: Path, tmp_path: Path
+) -> None:
+    """The same real recording as WFDB, as CSV (with a time column) and as EDF: the same predictions."""
+    import pyedflib
+
+    predictor = OnnxPredictor(model_path)
+    record = wfdb.rdrecord(str(bundled_ptbxl / RECORDS / "00005_lr"))
+    reference = predictor.predict_file(str(bundled_ptbxl / RECORDS / "00005_lr.hea"))
+
+    table = pd.DataFrame(record.p_signal, columns=record.sig_name)
+    table.insert(0, "Time [s]", np.arange(record.sig_len) / record.fs)
+    table.to_csv(tmp_path / "00005.csv", index=False, float_format="%.6f")
+    from_csv = predictor.predict_file(tmp_path / "00005.csv")
+    np.testing.assert_allclose(from_csv.window_probabilities, reference.window_probabilities, atol=1e-5)
+
+    edf = pyedflib.EdfWriter(
+        str(tmp_path / "00005.edf"), len(record.sig_name), file_type=pyedflib.FILETYPE_EDFPLUS
+    )
+    edf.setSignalHeaders(
+        [
+            {
+                "label": name,
+                "dimension": "mV",
+                "sample_frequency": record.fs,
+                "physical_max": 10.0,
+                "physical_min": -10.0,
+                "digital_max": 32767,
+                "digital_min": -32768,
+            }
+            for name in record.sig_name
+        ]
+    )
+    edf.writeSamples([np.ascontiguousarray(record.p_signal[:, k]) for k in range(len(record.sig_name))])
+    edf.close()
+    from_edf = predictor.predict_file(tmp_path / "00005.edf")
+    # EDF stores 16-bit integers over ±10 mV: a quantisation of 0.3 uV, far below ECG amplitudes
+    np.testing.assert_allclose(from_edf.window_probabilities, reference.window_probabilities, atol=1e-3)
