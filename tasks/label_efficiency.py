@@ -3,7 +3,8 @@
 For every (label fraction, seed) the training patients are drawn once (:mod:`tasks.fractions`) and
 every arm trains on exactly those patients and is scored on the whole test split:
 
-- ``linear_probe``: scikit-learn logistic regression on the frozen pretrained embeddings;
+- ``linear_probe``: scikit-learn logistic regression on the frozen pretrained embeddings, its L2
+  strength chosen on the validation patients from ``probe_c`` (the test patients never choose anything);
 - ``finetune``: the pretrained encoder + MLP head, fine-tuned (encoder at a lower learning rate);
 - ``scratch``: the same encoder architecture with random weights + MLP head, trained end to end.
 
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pandas as pd
 
 from medcl.checkpoints import load_encoder
@@ -52,6 +54,7 @@ class ArmResult:
     test_samples: int
     seconds: float
     checkpoint: str = ""
+    probe_c: float | None = None
 
 
 def default_epochs(fraction: float) -> int:
@@ -70,7 +73,7 @@ def run_label_efficiency(
     batch_size: int = 64,
     lr: float = 1e-3,
     encoder_lr_scale: float = 0.1,
-    probe_c: float = 0.1,
+    probe_c: Sequence[float] = (0.001, 0.01, 0.1, 1.0),
     out_dir: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
@@ -86,7 +89,8 @@ def run_label_efficiency(
         arms: a subset of :data:`ARMS`.
         epochs: epochs of the neural arms as a function of the fraction.
         batch_size, lr, encoder_lr_scale: training settings of the neural arms.
-        probe_c: inverse regularisation of the logistic-regression probe.
+        probe_c: inverse L2 strengths tried for the logistic-regression probe; the one with the best
+            validation AUROC is scored on the test split (ties: the smaller, i.e. more regularised).
         out_dir: where each run writes its data record and, for the neural arms, its trained model
             (``<out_dir>/f<fraction>_s<seed>/{data record, <arm>.ckpt}``); None: nowhere.
         progress: called with one line per finished run.
@@ -95,6 +99,7 @@ def run_label_efficiency(
     if unknown:
         raise ConfigError(f"unknown arm(s) {sorted(unknown)}; arms are {ARMS}")
     rows: list[ArmResult] = []
+    embeddings: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # val/test embeddings of the frozen encoder
     for fraction in fractions:
         for seed in seeds:
             run_dir = None if out_dir is None else str(Path(out_dir) / f"f{fraction:g}_s{seed}")
@@ -119,7 +124,7 @@ def run_label_efficiency(
                 started = time.monotonic()
                 saved = "" if run_dir is None or arm == "linear_probe" else str(Path(run_dir) / f"{arm}.ckpt")
                 if arm == "linear_probe":
-                    scores = _probe(data, encoder_ckpt, probe_c)
+                    scores = _probe(data, encoder_ckpt, probe_c, embeddings)
                 else:
                     scores = _train(
                         data, arm, encoder_ckpt, epochs(fraction), lr, encoder_lr_scale, seed, saved
@@ -135,6 +140,7 @@ def run_label_efficiency(
                     **sizes,
                     seconds=time.monotonic() - started,
                     checkpoint=saved,
+                    probe_c=scores.get("C"),
                 )
                 rows.append(result)
                 if progress is not None:
@@ -145,11 +151,32 @@ def run_label_efficiency(
     return pd.DataFrame([asdict(r) for r in rows])
 
 
-def _probe(data: ClassificationDataModule, encoder_ckpt: str | Path, c: float) -> dict[str, float]:
+def _probe(
+    data: ClassificationDataModule,
+    encoder_ckpt: str | Path,
+    candidates: Sequence[float],
+    cache: dict[str, tuple[np.ndarray, np.ndarray]],
+) -> dict[str, float]:
+    """The probe with the best validation AUROC among ``candidates``, scored on the test split.
+
+    ``cache`` keeps the validation and test embeddings (the same for every fraction and seed).
+    """
+    if not candidates:
+        raise ConfigError("probe_c needs at least one value")
     encoder = load_encoder(encoder_ckpt)
+    for split in ("val", "test"):
+        if split not in cache:
+            cache[split] = extract_embeddings(encoder, data.dataset(split, n_views=0), data.input_key)
     train_x, train_y = extract_embeddings(encoder, data.dataset("train", n_views=0), data.input_key)
-    test_x, test_y = extract_embeddings(encoder, data.dataset("test", n_views=0), data.input_key)
-    return LogisticProbe(data.task, data.num_classes, C=c).fit(train_x, train_y).score(test_x, test_y)
+    best: tuple[float, float, LogisticProbe] | None = None
+    for c in sorted(candidates):
+        probe = LogisticProbe(data.task, data.num_classes, C=c).fit(train_x, train_y)
+        score = probe.score(*cache["val"])["auroc"] if len(cache["val"][0]) else float("nan")
+        score = -1.0 if np.isnan(score) else score
+        if best is None or score > best[0]:
+            best = (score, c, probe)
+    _, c, probe = best
+    return {**probe.score(*cache["test"]), "C": c}
 
 
 def _train(
