@@ -10,10 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from medcl.configurable import instantiate_spec
+import medcl
+from medcl.configurable import instantiate_spec, module_spec
 from medcl.errors import ConfigError, CorruptFileError
 
-__all__ = ["encoder_from_checkpoint", "encoder_state_dict", "load_checkpoint", "load_encoder"]
+__all__ = ["encoder_from_checkpoint", "encoder_state_dict", "load_checkpoint", "load_encoder", "run_record"]
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -85,3 +86,18 @@ def load_encoder(path: str | Path, encoder: nn.Module | None = None) -> nn.Modul
         the encoder with the pretrained weights, in eval mode.
     """
     return encoder_from_checkpoint(load_checkpoint(path), encoder, source=str(path))
+
+
+def run_record(module: Any, encoder: nn.Module) -> dict[str, Any]:
+    """What a checkpoint records (under ``checkpoint["medcl"]``) to rebuild and export its model without
+    pickled objects: the medcl version, the encoder's class spec, and, when the module's trainer has a
+    data module with an adapter, the modality, the input/preprocessing spec and the adapter's spec."""
+    trainer = getattr(module, "_trainer", None)
+    adapter = getattr(getattr(trainer, "datamodule", None), "adapter", None)
+    return {
+        "medcl_version": medcl.__version__,
+        "encoder": module_spec(encoder),
+        "modality": getattr(adapter, "modality", None),
+        "input": adapter.input_spec() if adapter is not None else None,
+        "adapter": module_spec(adapter) if adapter is not None else None,
+    }

@@ -28,12 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import medcl
 from medcl import dist
-from medcl.checkpoints import encoder_from_checkpoint, load_checkpoint
-from medcl.configurable import instantiate_spec, module_spec
+from medcl.checkpoints import encoder_from_checkpoint, load_checkpoint, run_record
+from medcl.configurable import instantiate_spec
 from medcl.data import contract
 from medcl.errors import ConfigError
+from medcl.training.schedule import warmup_cosine
 from tasks.metrics import classification_metrics
 
 __all__ = ["MODES", "ClassificationModule", "build_head"]
@@ -246,29 +246,15 @@ class ClassificationModule(L.LightningModule):
             scale = self.hparams["encoder_lr_scale"] if self.hparams["mode"] == "finetune" else 1.0
             groups.append({"params": list(self.encoder.parameters()), "lr": lr * scale})
         optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=self.hparams["weight_decay"])
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        epochs = max(int(self.trainer.max_epochs or 1), 1)
-        warmup = min(total - 1, round(total * self.hparams["warmup_epochs"] / epochs))
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return 0.5 * (1.0 + math.cos(math.pi * min((step - warmup) / max(total - warmup, 1), 1.0)))
-
+        factor = warmup_cosine(self.trainer, self.hparams["warmup_epochs"])
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record what rebuilding and exporting the model needs, as plain data."""
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        adapter = getattr(datamodule, "adapter", None)
         checkpoint["medcl"] = {
-            "medcl_version": medcl.__version__,
+            **run_record(self, self.encoder),
             "kind": "classification",
-            "encoder": module_spec(self.encoder),
             "task": self.hparams["task"],
             "class_names": self.hparams["class_names"],
-            "modality": getattr(adapter, "modality", None),
-            "input": adapter.input_spec() if adapter is not None else None,
-            "adapter": module_spec(adapter) if adapter is not None else None,
         }

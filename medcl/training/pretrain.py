@@ -9,7 +9,6 @@ encoder's normalised embeddings are logged at every step.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
@@ -18,12 +17,13 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import Tensor, nn
 
-import medcl
+from medcl.checkpoints import run_record
 from medcl.configurable import module_spec
 from medcl.data import contract
 from medcl.errors import ConfigError, TooManyBadSamplesError
 from medcl.losses.alignment import alignment, uniformity
 from medcl.objectives.base import EncodedViews, Objective
+from medcl.training.schedule import warmup_cosine
 
 __all__ = ["PretrainModule"]
 
@@ -233,15 +233,7 @@ class PretrainModule(L.LightningModule):
         optimizer = torch.optim.AdamW(
             groups, lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"]
         )
-        total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
-        epochs = max(int(self.trainer.max_epochs or 1), 1)
-        warmup = min(total_steps - 1, round(total_steps * self.hparams["warmup_epochs"] / epochs))
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            progress = (step - warmup) / max(total_steps - warmup, 1)
-            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        factor = warmup_cosine(self.trainer, self.hparams["warmup_epochs"])
 
         # The probe learns at a constant rate: only the first group follows warm-up and cosine decay.
         lambdas = [factor] + [lambda _step: 1.0] * (len(groups) - 1)
@@ -251,14 +243,4 @@ class PretrainModule(L.LightningModule):
     # ----------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Add what downstream code needs to rebuild the encoder without pickled objects."""
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        adapter = getattr(datamodule, "adapter", None)
-        checkpoint["medcl"] = {
-            "medcl_version": medcl.__version__,
-            "encoder": module_spec(self.encoder),
-            "objective": module_spec(self.objective),
-            "modality": getattr(adapter, "modality", None),
-            "input": adapter.input_spec() if adapter is not None else None,
-            "adapter": module_spec(adapter) if adapter is not None else None,
-            "class_names": list(adapter.class_names) if adapter is not None and adapter.class_names else None,
-        }
+        checkpoint["medcl"] = {**run_record(self, self.encoder), "objective": module_spec(self.objective)}
