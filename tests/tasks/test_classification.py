@@ -154,3 +154,31 @@ def test_finetune_cli_fits_then_tests(pretrained_checkpoint: Path, tmp_path: Pat
     meta = load_checkpoint(run / "checkpoints" / "last.ckpt")["medcl"]
     assert meta["class_names"] == ["NORM", "MI"] and meta["task"] == "multiclass"
     assert meta["input"]["channels"][0] == "I"
+
+
+def test_multilabel_superclasses_from_the_shipped_config(pretrained_checkpoint: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medcl",
+            "finetune",
+            "--config",
+            str(REPO / "configs/finetune/ptbxl_superclass.yaml"),
+            f"--model.encoder_ckpt={pretrained_checkpoint}",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "finetune_ptbxl_superclass" / "version_0"
+    scores = json.loads((run / "test_metrics.json").read_text())
+    test = pd.read_csv(run / "samples_test.csv")
+    assert scores["n"] == len(test) and scores["classes_scored"] == 5
+    meta = load_checkpoint(run / "checkpoints" / "last.ckpt")["medcl"]
+    assert meta["task"] == "multilabel" and meta["class_names"] == ["NORM", "MI", "STTC", "CD", "HYP"]
