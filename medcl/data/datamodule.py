@@ -75,14 +75,19 @@ class ManifestDataModule(L.LightningDataModule):
         self.use_labels = use_labels
         self.run_dir = run_dir
         self.n_views = 0
+        #: set by a BatchObjective's training module (see PretrainModule.setup): replaces the views
+        self.item_transform: Any = None
         self.indexed: IndexedData | None = None
         self.assignment: pd.Series | None = None
         self.samples: dict[str, pd.DataFrame] = {}
 
     @property
     def class_names(self) -> list[str] | None:
-        """The adapter's label classes (None without labels or with ``use_labels=False``)."""
-        return self.adapter.class_names if self.use_labels else None
+        """The adapter's classification classes (None without labels, with ``use_labels=False``, or
+        when the labels are not per-sample classes, e.g. segmentation masks)."""
+        if not self.use_labels or self.adapter.label_mode not in ("multilabel", "multiclass"):
+            return None
+        return self.adapter.class_names
 
     def select_samples(self, samples: pd.DataFrame) -> pd.DataFrame:
         """Hook: the sample table (all splits, column ``split``) that this data module uses."""
@@ -198,6 +203,7 @@ class ManifestDataModule(L.LightningDataModule):
             on_error=self.on_error,
             label_names=self.class_names,
             label_mode=self.adapter.label_mode,
+            item_transform=self.item_transform if (n_views is None or n_views > 0) else None,
         )
 
 

@@ -66,9 +66,14 @@ class ManifestDataset(Dataset):
         label_names: class names; when given, ``label`` (a ``|``-joined string of class names or a
             single name in the row, see ``label_mode``) becomes a tensor.
         label_mode: ``"multilabel"`` (multi-hot float vector ``(K,)``) or ``"multiclass"`` (long index).
+        label_column: the sample table's column holding the labels.
+        item_transform: instead of views, a MONAI ``Randomizable`` dictionary transform (from a
+            :class:`~medcl.objectives.base.BatchObjective`) applied to the preprocessed sample, seeded
+            from ``(seed, epoch, index)``; the arrays it adds under its ``output_keys`` join the item.
 
     Items are dicts: ``patient``, ``trial`` (long codes), ``index`` (row position), ``sample_index``,
-    ``views`` or the input, and ``label``/``has_label`` when labels are configured.
+    ``views`` or the input (or the item transform's arrays), and ``label``/``has_label`` when labels
+    are configured.
     """
 
     def __init__(
@@ -81,6 +86,7 @@ class ManifestDataset(Dataset):
         label_names: Sequence[str] | None = None,
         label_mode: str = "multilabel",
         label_column: str = "labels",
+        item_transform: Any = None,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -101,7 +107,11 @@ class ManifestDataset(Dataset):
             np.int64
         )
         self.trial_codes = pd.factorize(self.samples["trial_id"].astype(str), sort=True)[0].astype(np.int64)
-        self._views = adapter.view_transform() if self.n_views > 0 else None
+        if item_transform is not None and not hasattr(item_transform, "output_keys"):
+            name = type(item_transform).__name__
+            raise ConfigError(f"{name} has no output_keys: which arrays does it add to the item?")
+        self.item_transform = item_transform
+        self._views = adapter.view_transform() if self.n_views > 0 and item_transform is None else None
         self._labels = self._encode_labels(self.label_names) if self.label_names is not None else None
 
     def _encode_labels(self, label_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -150,7 +160,17 @@ class ManifestDataset(Dataset):
                 contract.INDEX: int(index),
                 contract.SAMPLE_INDEX: int(row["sample_index"]),
             }
-            if self._views is not None:
+            if self.item_transform is not None:
+                self.item_transform.set_random_state(seed=view_seed(self.seed, epoch, index, 0))
+                made = self.item_transform(dict(sample))
+                for key in self.item_transform.output_keys:
+                    value = made[key]
+                    item[key] = (
+                        torch.as_tensor(np.ascontiguousarray(value))
+                        if isinstance(value, np.ndarray)
+                        else torch.as_tensor(value)
+                    )
+            elif self._views is not None:
                 views = []
                 for v in range(self.n_views):
                     self._views.set_random_state(seed=view_seed(self.seed, epoch, index, v))

@@ -100,6 +100,9 @@ class GroupedBatchSampler(Sampler[list[tuple[int, int]]]):
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.epoch = 0
+        # Lightning sets the epoch of `dataloader.sampler` and `dataloader.batch_sampler.sampler` only,
+        # never of a batch sampler itself: this relay is how the epoch reaches us.
+        self.sampler = _EpochRelay(self)
         n = len(self.patients)
         if self.num_replicas == 1:
             self._num_batches = n // self.batch_size if drop_last else -(-n // self.batch_size)
@@ -115,7 +118,8 @@ class GroupedBatchSampler(Sampler[list[tuple[int, int]]]):
             )
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose plan :meth:`__iter__` yields (Lightning calls this every epoch)."""
+        """Select the epoch whose plan :meth:`__iter__` yields (Lightning calls this every epoch, through
+        :attr:`sampler`)."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
@@ -173,3 +177,17 @@ class GroupedBatchSampler(Sampler[list[tuple[int, int]]]):
         for b in range(self._num_batches):
             batch = order[b * self.batch_size : (b + 1) * self.batch_size]
             yield [(int(i), epoch) for i in batch]
+
+
+class _EpochRelay:
+    """Stands as ``batch_sampler.sampler`` so that Lightning's per-epoch ``set_epoch`` reaches the
+    batch sampler (``lightning.pytorch.loops.utilities._set_sampler_epoch`` looks only there)."""
+
+    def __init__(self, owner: GroupedBatchSampler) -> None:
+        self.owner = owner
+
+    def set_epoch(self, epoch: int) -> None:
+        self.owner.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.owner.patients)

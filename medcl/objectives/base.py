@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor, nn
 
-__all__ = ["EncodedViews", "Objective"]
+__all__ = ["BatchObjective", "EncodedViews", "Objective"]
 
 
 @dataclass
@@ -50,3 +51,33 @@ class Objective(nn.Module):
 
     def forward(self, views: EncodedViews) -> dict[str, Tensor]:
         raise NotImplementedError
+
+
+class BatchObjective(Objective):
+    """Objectives that make their own inputs from each sample and call the encoder themselves.
+
+    Some objectives do not contrast augmented views: volume contrast (VoCo) encodes base crops and
+    random crops of one volume and predicts their overlap; asymmetry contrast encodes a volume and its
+    left-right mirror image. Such an objective provides
+
+    * :meth:`item_transform`: a MONAI ``Randomizable`` dictionary transform that the dataset applies
+      to every preprocessed sample dict (seeded from ``(seed, epoch, sample index)``, so reproducible
+      with any number of workers). It returns the sample dict with the objective's inputs added under
+      the keys listed in its ``output_keys`` attribute (arrays of a fixed shape, so batches collate);
+    * :meth:`forward_batch`: the loss terms of a collated batch, given the encoder.
+
+    The pretraining module hands a :class:`BatchObjective` the whole batch instead of
+    :class:`EncodedViews`; the data module then makes no views (``n_views`` is ignored).
+    Like every objective, a batch objective never looks at the modality, only at arrays and ids.
+    """
+
+    def item_transform(self, input_key: str) -> Any:
+        """The per-sample transform; ``input_key`` names the sample's main array (e.g. ``"image"``)."""
+        raise NotImplementedError
+
+    def forward_batch(self, encoder: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Named scalar loss terms (the total under ``"loss"``) of one collated batch."""
+        raise NotImplementedError
+
+    def forward(self, views: EncodedViews) -> dict[str, Tensor]:
+        raise TypeError(f"{type(self).__name__} works on whole batches: call forward_batch(encoder, batch)")

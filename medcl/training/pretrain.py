@@ -22,7 +22,7 @@ from medcl.configurable import module_spec
 from medcl.data import contract
 from medcl.errors import ConfigError, TooManyBadSamplesError
 from medcl.losses.alignment import alignment, uniformity
-from medcl.objectives.base import EncodedViews, Objective
+from medcl.objectives.base import BatchObjective, EncodedViews, Objective
 from medcl.training.schedule import warmup_cosine
 
 __all__ = ["PretrainModule"]
@@ -64,7 +64,11 @@ class PretrainModule(L.LightningModule):
         embedding_dim = getattr(encoder, "embedding_dim", None)
         if not isinstance(embedding_dim, int):
             raise ConfigError(f"{type(encoder).__name__} has no integer attribute embedding_dim")
-        if objective.needs_features and not hasattr(encoder, "forward_features"):
+        if (
+            objective.needs_features
+            and not isinstance(objective, BatchObjective)
+            and not hasattr(encoder, "forward_features")
+        ):
             raise ConfigError(
                 f"{type(objective).__name__} needs time-resolved features but {type(encoder).__name__} has "
                 "no forward_features()"
@@ -109,6 +113,9 @@ class PretrainModule(L.LightningModule):
                 f"the encoder takes {actual} input channels but the data has {expected}; set the encoder's "
                 f"in_channels to {expected} (or select {actual} channels in the adapter)"
             )
+        if isinstance(self.objective, BatchObjective) and datamodule is not None and adapter is not None:
+            # The objective makes its own inputs from every sample (crops, mirror images): tell the data.
+            datamodule.item_transform = self.objective.item_transform(adapter.input_key)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """Pooled embeddings ``(N, D)`` and, if the objective needs them, features ``(N, T, D)``."""
@@ -126,8 +133,12 @@ class PretrainModule(L.LightningModule):
         skipped = int(batch.get(contract.N_SKIPPED, 0))
         views = batch.get(contract.VIEWS)
         n_loaded = 0 if views is None else int(views.shape[0])
+        if isinstance(self.objective, BatchObjective):
+            n_loaded = len(batch.get(contract.INDEX, []))
         if stage == "train":
             self._account_skips(n_loaded, skipped)
+        if isinstance(self.objective, BatchObjective):
+            return self._batch_objective_step(batch, stage, n_loaded)
         if views is None:
             return None
         n_views, batch_size = views.shape[1], views.shape[0]
@@ -168,6 +179,34 @@ class PretrainModule(L.LightningModule):
             sync_dist=not on_step,
         )
         return loss
+
+    def _batch_objective_step(self, batch: dict[str, Any], stage: str, n_loaded: int) -> Tensor | None:
+        """A step of an objective that makes its own inputs (see :class:`BatchObjective`)."""
+        if n_loaded == 0:
+            return None
+        terms = self.objective.forward_batch(self.encoder, batch)
+        on_step = stage == "train"
+        logged = {f"{stage}/{name}": value.detach() for name, value in terms.items() if name != "loss"}
+        self.log_dict(
+            logged, on_step=on_step, on_epoch=True, prog_bar=False, batch_size=n_loaded, sync_dist=not on_step
+        )
+        self.log(
+            f"{stage}/loss",
+            terms["loss"].detach(),
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=n_loaded,
+            sync_dist=not on_step,
+        )
+        return terms["loss"]
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Momentum (EMA) teachers follow the encoder after every real optimiser step.
+        hook = getattr(self.objective, "on_after_optimizer_step", None)
+        if hook is not None:
+            hook(self.encoder)
 
     def _probe_step(self, embeddings: Tensor, batch: dict[str, Any], stage: str) -> Tensor | None:
         """Probe loss on the labelled rows of ``embeddings`` ``(B, D)`` (detached by the caller)."""
