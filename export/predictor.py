@@ -1,9 +1,35 @@
 """Clinical inference without torch: onnxruntime + numpy/SciPy + the file readers.
 
-:class:`OnnxPredictor` opens a model written by ``medcl export``, reads the preprocessing spec from its
-metadata, and turns raw files (WFDB, EDF, CSV) into class probabilities with the same preprocessing code
-as training (:mod:`modalities.signals.pipeline`). This module imports neither torch, Lightning nor MONAI
-(a test runs it with those imports blocked).
+:class:`OnnxPredictor` opens a model written by ``medcl export`` and reads the preprocessing spec from its
+metadata. A signal classifier turns raw files (WFDB, EDF, CSV) into class probabilities with the same
+preprocessing code as training (:mod:`modalities.signals.pipeline`). A volume segmentation model (metadata
+``task`` ``"segmentation"``) turns a NIfTI/NRRD file or a DICOM series into a label map on the input's
+own grid: the numpy twin of the MONAI training transforms (:mod:`export.volume_preprocess`), sliding-window
+inference over the model's ROI (:mod:`export.sliding_window`), softmax, argmax, and the inverse of the
+spatial steps; :func:`predict_volumes` writes one NIfTI mask per input. This module imports neither torch,
+Lightning nor MONAI (tests run it with those imports blocked).
+
+The segmentation metadata (``"medcl"`` JSON, format ``medcl-onnx/1``)::
+
+    {"format": "medcl-onnx/1", "task": "segmentation", "modality": "MR",
+     "class_names": ["background", "anterior", "posterior"],
+     "input": {"name": "input", "layout": "(B, C, H, W, D)", "dtype": "float32", "channels": ["image"]},
+     "outputs": {"logits": "(B, K, H, W, D) raw scores"},
+     "preprocessing": [{"op": "load", "channels": 1},
+                       {"op": "orientation", "axcodes": "RAS"},
+                       {"op": "spacing", "pixdim": [1.0, 1.0, 1.0], "image_mode": "bilinear",
+                        "mask_mode": "nearest", "padding_mode": "border", "align_corners": false},
+                       {"op": "zscore", "nonzero": true, "channel_wise": true},
+                       {"op": "pad", "min_size": [96, 96, 96], "method": "symmetric", "value": 0.0}],
+     "segmentation": {"roi_size": [96, 96, 96], "overlap": 0.25, "mode": "gaussian", "sigma_scale": 0.125,
+                      "sw_batch_size": 4, "padding_mode": "constant", "cval": 0.0, "output": "logits",
+                      "activation": "softmax", "inverse_interpolation": "nearest"}}
+
+``preprocessing`` is the training spec of :mod:`modalities.volumes.transforms` (run here by
+:mod:`export.volume_preprocess`). Only ``segmentation.roi_size`` is required in the block; the other
+entries default to the values shown. The graph takes ``input`` ``(B, C, *roi_size)`` float32 and returns
+``output`` ``(B, K, *roi_size)``; the window outputs are blended (MONAI's ``sliding_window_inference``
+with ``overlap``, ``mode``, ``sigma_scale``, ``padding_mode``, ``cval``), then ``activation`` over K.
 """
 
 from __future__ import annotations
@@ -16,15 +42,49 @@ from typing import Any
 
 import numpy as np
 
-from medcl.errors import ConfigError, InvalidSignalError
+from export.sliding_window import BLEND_MODES, PADDING_MODES, sliding_window_inference
+from export.volume_preprocess import (
+    NIFTI_SUFFIXES,
+    NRRD_SUFFIXES,
+    Volume,
+    VolumeGeometry,
+    check_steps,
+    preprocess_volume,
+    read_volume,
+    to_input_grid,
+)
+from medcl.errors import ConfigError, InvalidSignalError, InvalidVolumeError
 from modalities.signals.pipeline import make_windows, preprocess_recording, split_steps
 from modalities.signals.readers import read_signal, select_channels
 
-__all__ = ["FilePrediction", "ModelMetadataError", "OnnxPredictor"]
+__all__ = [
+    "FilePrediction",
+    "ModelMetadataError",
+    "OnnxPredictor",
+    "VolumePrediction",
+    "mask_path_for",
+    "predict_volumes",
+    "save_mask",
+]
 
 METADATA_KEY = "medcl"
 SUPPORTED_FORMATS = ("medcl-onnx/1",)
 SIGNAL_LAYOUT = "(B, C, T)"
+VOLUME_LAYOUT = "(B, C, H, W, D)"
+SEGMENTATION_TASK = "segmentation"
+# the "segmentation" metadata block: its keys and their defaults (roi_size has none: it is required)
+SEGMENTATION_DEFAULTS: dict[str, Any] = {
+    "overlap": 0.25,
+    "mode": "gaussian",
+    "sigma_scale": 0.125,
+    "sw_batch_size": 4,
+    "padding_mode": "constant",
+    "cval": 0.0,
+    "output": "logits",
+    "activation": "softmax",
+    "inverse_interpolation": "nearest",
+}
+MASK_SUFFIX = "_mask.nii.gz"
 
 
 class ModelMetadataError(ConfigError):
@@ -48,17 +108,60 @@ class FilePrediction:
     window_starts_s: np.ndarray
 
 
+@dataclass
+class VolumePrediction:
+    """The segmentation of one volume.
+
+    Attributes:
+        path: the input (a file, a DICOM series folder, or ``"<array>"``).
+        labels: ``(H, W, D)`` uint8 (int32 beyond 256 classes): the label map on the input's grid.
+        affine: ``(4, 4)``, the input's voxel → RAS affine (the one to write ``labels`` with).
+        probabilities: ``(K, H', W', D')`` float32, softmax of the blended logits on the model's grid.
+        model_labels: ``(H', W', D')``, the argmax of ``probabilities``.
+        geometry: how the model's grid maps onto the input's grid.
+    """
+
+    path: str
+    labels: np.ndarray
+    affine: np.ndarray
+    probabilities: np.ndarray
+    model_labels: np.ndarray
+    geometry: VolumeGeometry
+
+    @property
+    def model_affine(self) -> np.ndarray:
+        """``(4, 4)``, the voxel → RAS affine of the model's grid."""
+        return self.geometry.model_affine
+
+
+def _label_dtype(n_classes: int) -> type:
+    return np.uint8 if n_classes <= 256 else np.int32
+
+
+def _softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
+    shifted = logits - logits.max(axis=axis, keepdims=True)
+    exp = np.exp(shifted)
+    return (exp / exp.sum(axis=axis, keepdims=True)).astype(np.float32)
+
+
 class OnnxPredictor:
     """Predictions from a medcl ONNX model, on raw files or preprocessed arrays.
 
+    Signal classifiers: :meth:`predict_file`, :meth:`predict_array`, :meth:`predict_windows`. Volume
+    segmentation models (``task == "segmentation"``): :meth:`predict_volume`, :meth:`write_mask`,
+    :meth:`preprocess_volume`, :meth:`predict_preprocessed`; calling the other kind's methods raises
+    :class:`ModelMetadataError`.
+
     Args:
         path: the ``.onnx`` file (written by ``medcl export``).
-        batch_size: windows per onnxruntime call.
+        batch_size: windows per onnxruntime call (signal models; a segmentation model runs
+            ``segmentation.sw_batch_size`` windows per call).
         providers: onnxruntime execution providers (default: CPU).
 
     Raises:
-        ModelMetadataError: no medcl metadata, metadata that is not JSON, an unknown format version, or
-            a graph whose input does not match the metadata.
+        ModelMetadataError: no medcl metadata, metadata that is not JSON, an unknown format version, a
+            graph whose input or output does not match the metadata, or (segmentation) a missing or bad
+            ``segmentation`` block or preprocessing step.
     """
 
     def __init__(
@@ -94,6 +197,15 @@ class OnnxPredictor:
                 f"{path}: model format {self.metadata.get('format')!r} is not one this predictor reads "
                 f"({', '.join(SUPPORTED_FORMATS)})"
             )
+        self.task: str = str(self.metadata.get("task"))
+        self.batch_size = batch_size
+        if self.task == SEGMENTATION_TASK:
+            self._init_segmentation()
+        else:
+            self._init_signals()
+
+    def _init_signals(self) -> None:
+        path = self.path
         spec = self.metadata["input"]
         if spec.get("layout") != SIGNAL_LAYOUT:
             raise ModelMetadataError(
@@ -105,14 +217,98 @@ class OnnxPredictor:
         self.steps: list[dict[str, Any]] = list(self.metadata["preprocessing"])
         split_steps(self.steps)  # every step known, one window step
         self.class_names: list[str] = list(self.metadata["class_names"])
-        self.task: str = self.metadata["task"]
-        self.batch_size = batch_size
         graph_input = self.session.get_inputs()[0]
         expected = [len(self.channels), self.window]
         if list(graph_input.shape[1:]) != expected:
             raise ModelMetadataError(
                 f"{path}: the graph takes {graph_input.shape} but the metadata describes (B, {expected[0]}, "
                 f"{expected[1]})"
+            )
+
+    def _init_segmentation(self) -> None:
+        path, meta = self.path, self.metadata
+        spec = meta.get("input") or {}
+        if spec.get("layout") != VOLUME_LAYOUT:
+            raise ModelMetadataError(
+                f"{path}: input layout {spec.get('layout')!r} is not a volume model's {VOLUME_LAYOUT}"
+            )
+        block = meta.get("segmentation")
+        if not isinstance(block, dict) or "roi_size" not in block:
+            raise ModelMetadataError(
+                f"{path}: a segmentation model needs a 'segmentation' metadata block with at least 'roi_size'"
+            )
+        unknown = sorted(set(block) - set(SEGMENTATION_DEFAULTS) - {"roi_size"})
+        if unknown:
+            raise ModelMetadataError(
+                f"{path}: unknown 'segmentation' metadata entries {unknown} (a model exported by a newer "
+                "medcl needs a newer medcl)"
+            )
+        settings = {**SEGMENTATION_DEFAULTS, **block}
+        roi = settings["roi_size"]
+        if not (isinstance(roi, list) and len(roi) == 3 and all(isinstance(r, int) and r > 0 for r in roi)):
+            raise ModelMetadataError(
+                f"{path}: segmentation roi_size must be 3 positive integers, got {roi!r}"
+            )
+        overlap = settings["overlap"]
+        overlaps = overlap if isinstance(overlap, list) else [overlap]
+        if not all(isinstance(o, (int, float)) and 0 <= o < 1 for o in overlaps):
+            raise ModelMetadataError(f"{path}: segmentation overlap must be in [0, 1), got {overlap!r}")
+        for key, allowed in (
+            ("mode", BLEND_MODES),
+            ("padding_mode", tuple(PADDING_MODES)),
+            ("activation", ("softmax",)),
+            ("inverse_interpolation", ("nearest", "bilinear")),
+        ):
+            if settings[key] not in allowed:
+                raise ModelMetadataError(
+                    f"{path}: segmentation {key} {settings[key]!r} is not one of {', '.join(allowed)}"
+                )
+        self.segmentation: dict[str, Any] = settings
+        self.roi_size: tuple[int, int, int] = (int(roi[0]), int(roi[1]), int(roi[2]))
+        self.channels = [str(c) for c in spec.get("channels") or ["image"]]
+        self.class_names = list(meta.get("class_names") or [])
+        self.steps = list(meta.get("preprocessing") or [])
+        try:
+            check_steps(self.steps)
+        except ConfigError as error:
+            raise ModelMetadataError(f"{path}: {error}") from None
+        loads = [int(step["channels"]) for step in self.steps if step["op"] == "load"]
+        if loads and loads[0] != len(self.channels):
+            raise ModelMetadataError(
+                f"{path}: the preprocessing loads {loads[0]} channel(s) but the input names "
+                f"{len(self.channels)} ({', '.join(self.channels)})"
+            )
+        graph_input = self.session.get_inputs()[0]
+        expected = [len(self.channels), *self.roi_size]
+        if len(graph_input.shape) != 5 or list(graph_input.shape[1:]) != expected:
+            raise ModelMetadataError(
+                f"{path}: the graph takes {graph_input.shape} but the metadata describes (B, {expected[0]}, "
+                f"{', '.join(map(str, self.roi_size))})"
+            )
+        self.input_name: str = graph_input.name
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        if settings["output"] not in outputs:
+            raise ModelMetadataError(
+                f"{path}: the graph has no output {settings['output']!r} (it has {', '.join(outputs)})"
+            )
+        n_classes = outputs[settings["output"]].shape[1]
+        if not self.class_names or (isinstance(n_classes, int) and n_classes != len(self.class_names)):
+            raise ModelMetadataError(
+                f"{path}: the graph returns {n_classes} classes but the metadata names "
+                f"{len(self.class_names)} ({self.class_names})"
+            )
+
+    def _require(self, kind: str) -> None:
+        """Refuse signal methods on a segmentation model and volume methods on a signal model."""
+        if kind == "volume" and self.task != SEGMENTATION_TASK:
+            raise ModelMetadataError(
+                f"{self.path}: a {self.task} model of signals, not a volume segmentation model; "
+                "use predict_file"
+            )
+        if kind == "signal" and self.task == SEGMENTATION_TASK:
+            raise ModelMetadataError(
+                f"{self.path}: a volume segmentation model; use predict_volume / predict_volumes "
+                "(medcl predict --out DIR writes one mask per volume)"
             )
 
     # ----------------------------------------------------------------------------------------------
@@ -125,6 +321,7 @@ class OnnxPredictor:
 
     def predict_windows(self, windows: np.ndarray) -> np.ndarray:
         """Probabilities ``(N, K)`` of preprocessed windows ``(N, C, T)``."""
+        self._require("signal")
         windows = np.asarray(windows, dtype=np.float32)
         if windows.ndim != 3 or windows.shape[1:] != (len(self.channels), self.window):
             raise InvalidSignalError(
@@ -149,6 +346,7 @@ class OnnxPredictor:
             InvalidSignalError: the rate is too low for the model's frequency band, or the shape is wrong.
             DataError: too short for one window, NaN gaps, ...
         """
+        self._require("signal")
         data = np.asarray(data, dtype=np.float32)
         if data.ndim != 2 or data.shape[0] != len(channel_names):
             raise InvalidSignalError(
@@ -169,6 +367,7 @@ class OnnxPredictor:
     def preprocess_file(self, path: str | Path, fs: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Windows and their starts (seconds) of a raw file (WFDB, EDF/BDF, CSV; ``fs`` for CSV without a
         time column)."""
+        self._require("signal")
         kwargs = {"fs": fs} if fs is not None else {}
         record = read_signal(path, channels=self.channels, **kwargs)
         return self.preprocess_array(record.data, record.fs, record.channel_names, str(path))
@@ -212,3 +411,204 @@ class OnnxPredictor:
                 )
             ]
         return [row(prediction.probabilities, windows=len(prediction.window_probabilities))]
+
+    # ----------------------------------------------------------------------------------------------
+    # Volumes (segmentation models)
+
+    def _volume(self, source: str | Path | Volume | np.ndarray, affine: np.ndarray | None) -> Volume:
+        if isinstance(source, Volume):
+            volume = source
+        elif hasattr(source, "array") and hasattr(source, "affine"):  # e.g. modalities.volumes' Volume
+            volume = Volume(
+                np.asarray(source.array), np.asarray(source.affine), str(getattr(source, "path", ""))
+            )
+        elif isinstance(source, np.ndarray):
+            if affine is None:
+                raise ConfigError(
+                    "an array needs its voxel → RAS affine (4×4, mm) so that the model's spacing and "
+                    "orientation can be applied; pass affine="
+                )
+            array = source[None] if source.ndim == 3 else source
+            volume = Volume(np.asarray(array, dtype=np.float32), np.asarray(affine, dtype=np.float64))
+        else:
+            volume = read_volume(source)
+        if volume.array.ndim != 4:
+            raise InvalidVolumeError(
+                volume.path,
+                f"array of shape {volume.array.shape} is not a volume: expected (H, W, D) or (C, H, W, D)",
+            )
+        if volume.array.shape[0] != len(self.channels):
+            raise InvalidVolumeError(
+                volume.path,
+                f"{volume.array.shape[0]} channel(s), but the model takes {len(self.channels)} "
+                f"({', '.join(self.channels)})",
+            )
+        affine_ = np.asarray(volume.affine, dtype=np.float64)
+        if (
+            affine_.shape != (4, 4)
+            or not np.isfinite(affine_).all()
+            or abs(np.linalg.det(affine_[:3, :3])) < 1e-12
+        ):
+            raise InvalidVolumeError(
+                volume.path, f"unusable affine (singular or not finite): {affine_.tolist()}"
+            )
+        if not np.isfinite(volume.array).all():
+            raise InvalidVolumeError(volume.path, "the volume has NaN or infinite voxels")
+        return volume
+
+    def preprocess_volume(
+        self, source: str | Path | Volume | np.ndarray, affine: np.ndarray | None = None
+    ) -> tuple[np.ndarray, VolumeGeometry]:
+        """The model's input ``(C, H', W', D')`` float32 for a volume (a path, a :class:`Volume`, or an
+        array ``(H, W, D)`` / ``(C, H, W, D)`` with its ``affine``), and its geometry.
+
+        Raises:
+            InvalidVolumeError: wrong rank or channel count, NaN voxels, a singular affine.
+            DataError: the file cannot be read (see :func:`export.volume_preprocess.read_volume`).
+        """
+        self._require("volume")
+        volume = self._volume(source, affine)
+        return preprocess_volume(volume, self.steps)
+
+    def predict_preprocessed(self, image: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(K, H', W', D')`` of a preprocessed volume ``(C, H', W', D')``: the model's
+        logits blended over sliding windows of its ROI, then a softmax over classes."""
+        self._require("volume")
+        image = np.asarray(image, dtype=np.float32)
+        if image.ndim != 4 or image.shape[0] != len(self.channels):
+            raise InvalidVolumeError(
+                None,
+                f"preprocessed volume of shape {image.shape} does not fit the model, which takes "
+                f"(C, H, W, D) with C = {len(self.channels)} ({', '.join(self.channels)})",
+            )
+        settings = self.segmentation
+        output = str(settings["output"])
+
+        def predict_fn(windows: np.ndarray) -> np.ndarray:
+            return self.session.run([output], {self.input_name: windows})[0]
+
+        logits = sliding_window_inference(
+            image,
+            self.roi_size,
+            predict_fn,
+            overlap=settings["overlap"],
+            mode=str(settings["mode"]),
+            sigma_scale=settings["sigma_scale"],
+            sw_batch_size=int(settings["sw_batch_size"]),
+            padding_mode=str(settings["padding_mode"]),
+            cval=float(settings["cval"]),
+        )
+        return _softmax(logits, axis=0)
+
+    def predict_volume(
+        self,
+        source: str | Path | Volume | np.ndarray,
+        affine: np.ndarray | None = None,
+        interpolation: str | None = None,
+    ) -> VolumePrediction:
+        """Segment one volume: preprocess, sliding-window inference, softmax, argmax on the model's grid,
+        then the label map mapped back onto the input's grid.
+
+        Args:
+            source: a NIfTI/NRRD file, a DICOM series folder, a :class:`Volume`, or an array
+                ``(H, W, D)`` / ``(C, H, W, D)`` (with ``affine``).
+            affine: ``(4, 4)`` voxel → RAS affine of an array ``source``.
+            interpolation: how the map goes back to the input's grid: ``"nearest"`` (the argmax label map,
+                nearest voxel) or ``"bilinear"`` (the probabilities, then the argmax); default: the model's
+                ``segmentation.inverse_interpolation``.
+        """
+        self._require("volume")
+        mode = interpolation or str(self.segmentation["inverse_interpolation"])
+        if mode not in ("nearest", "bilinear"):
+            raise ConfigError(f"interpolation must be 'nearest' or 'bilinear', got {mode!r}")
+        volume = self._volume(source, affine)
+        image, geometry = preprocess_volume(volume, self.steps)
+        probabilities = self.predict_preprocessed(image)
+        dtype = _label_dtype(len(self.class_names))
+        model_labels = probabilities.argmax(axis=0).astype(dtype)
+        if mode == "nearest":
+            labels = to_input_grid(model_labels, geometry, "nearest")
+        else:
+            background = np.eye(len(self.class_names), dtype=np.float32)[0]  # outside a foreground crop
+            labels = to_input_grid(probabilities, geometry, "bilinear", fill=background).argmax(axis=0)
+            labels = labels.astype(dtype)
+        return VolumePrediction(
+            volume.path,
+            np.ascontiguousarray(labels),
+            geometry.input_affine,
+            probabilities,
+            model_labels,
+            geometry,
+        )
+
+    def write_mask(self, path_in: str | Path, out_path: str | Path) -> Path:
+        """Segment the volume at ``path_in`` and write its label map as NIfTI (``.nii`` / ``.nii.gz``) with
+        the input's shape and affine (for NRRD and DICOM inputs, their RAS affine)."""
+        if not Path(out_path).name.lower().endswith(NIFTI_SUFFIXES):
+            raise ConfigError(f"mask path {out_path} must end with .nii or .nii.gz")
+        prediction = self.predict_volume(path_in)
+        return save_mask(prediction.labels, prediction.affine, out_path, reference=path_in)
+
+
+def save_mask(
+    labels: np.ndarray, affine: np.ndarray, out_path: str | Path, reference: str | Path | None = None
+) -> Path:
+    """Write a label map ``(H, W, D)`` as NIfTI with ``affine`` in both sform and qform (intent "label").
+
+    The sform/qform codes and units are those of ``reference`` when it is a NIfTI file, else "scanner".
+    """
+    import nibabel as nib
+
+    out_path = Path(out_path)
+    if not out_path.name.lower().endswith(NIFTI_SUFFIXES):
+        raise ConfigError(f"mask path {out_path} must end with .nii or .nii.gz")
+    sform_code, qform_code, units = 1, 1, ("mm", "sec")
+    if reference is not None and Path(reference).name.lower().endswith(NIFTI_SUFFIXES):
+        header = nib.load(str(reference)).header
+        sform_code = int(header["sform_code"]) or 1
+        qform_code = int(header["qform_code"]) or 1
+        units = header.get_xyzt_units()
+    image = nib.Nifti1Image(np.asarray(labels), np.asarray(affine, dtype=np.float64))
+    image.set_sform(affine, code=sform_code)
+    image.set_qform(affine, code=qform_code)
+    image.header.set_xyzt_units(*units)
+    image.header.set_intent("label")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(image, str(out_path))
+    return out_path
+
+
+def mask_path_for(input_path: str | Path, out_dir: str | Path) -> Path:
+    """``out_dir / "<name>_mask.nii.gz"``, ``<name>`` being the input's file name without its volume suffix
+    (or the DICOM series folder's name)."""
+    name = Path(input_path).name
+    for suffix in (*NIFTI_SUFFIXES[::-1], *NRRD_SUFFIXES):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return Path(out_dir) / f"{name}{MASK_SUFFIX}"
+
+
+def predict_volumes(model_path: str | Path, inputs: Sequence[str | Path], out_dir: str | Path) -> list[Path]:
+    """Segment each input volume with a segmentation model and write ``out_dir/<name>_mask.nii.gz`` (the
+    input's shape and affine); returns the written paths in input order. What ``medcl predict --model
+    m.onnx VOL... --out DIR`` runs for segmentation models.
+
+    Raises:
+        ConfigError: two inputs would write the same mask file (nothing is written then).
+        ModelMetadataError: the model is not a segmentation model.
+        DataError: an input cannot be read or used (the masks of the inputs before it are written).
+    """
+    targets = [mask_path_for(path, out_dir) for path in inputs]
+    seen: dict[Path, str] = {}
+    for path, target in zip(inputs, targets, strict=True):
+        if target in seen:
+            raise ConfigError(
+                f"{seen[target]} and {path} would both be written to {target}; rename one or run them "
+                "separately"
+            )
+        seen[target] = str(path)
+    predictor = OnnxPredictor(model_path)
+    predictor._require("volume")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return [predictor.write_mask(path, target) for path, target in zip(inputs, targets, strict=True)]

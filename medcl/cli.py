@@ -3,7 +3,8 @@
 ``medcl pretrain``  LightningCLI front end of :class:`~medcl.training.PretrainModule` and
                     :class:`~medcl.data.PretrainDataModule` (``fit`` by default; ``validate``/``test``).
 ``medcl finetune``  LightningCLI front end of ``tasks.ClassificationModule`` on
-                    ``tasks.ClassificationDataModule`` (``fit`` then ``test`` by default).
+                    ``tasks.ClassificationDataModule``, or of ``tasks.segmentation.SegmentationModule``
+                    on ``tasks.segmentation_data.SegmentationDataModule`` (``fit`` then ``test``).
 ``medcl index``     build, validate and save a manifest; bad files go to ``quarantine.csv``.
 ``medcl export``    ONNX export of a classification checkpoint, with parity check (needs torch).
 ``medcl predict``   probabilities of raw files from an exported model (imports no torch).
@@ -31,8 +32,9 @@ USAGE = """usage: medcl <command> [options]
 commands:
   pretrain   contrastive pretraining (LightningCLI)
              medcl pretrain --config configs/pretrain/simclr_ecg.yaml
-  finetune   classification heads on a pretrained encoder (LightningCLI; fit, then test)
+  finetune   classification or segmentation heads on a pretrained encoder (LightningCLI; fit, then test)
              medcl finetune --config configs/finetune/ptbxl_norm_mi.yaml --model.encoder_ckpt RUN/last.ckpt
+             medcl finetune --config configs/finetune/hippocampus_seg.yaml --model.encoder_ckpt RUN/last.ckpt
   index      index and validate a dataset
              medcl index ROOT --modality ecg --out DIR
   export     a fine-tuned classifier to ONNX (preprocessing + labels inside, parity checked)
@@ -52,6 +54,9 @@ INDEXERS: dict[str, tuple[str, str]] = {
     "ecg": ("modalities.signals.indexing", "index_signals"),
     "eeg": ("modalities.signals.indexing", "index_signals"),
     "signal": ("modalities.signals.indexing", "index_signals"),
+    "volume": ("modalities.volumes.indexing", "index_volumes"),
+    "ppg": ("modalities.wearables.indexing", "index_wearables"),
+    "wearable": ("modalities.wearables.indexing", "index_wearables"),
 }
 
 
@@ -81,12 +86,14 @@ def run_pretrain(argv: Sequence[str]) -> int:
 def run_finetune(argv: Sequence[str]) -> int:
     """``medcl finetune [fit|validate|test] --config FILE --model.encoder_ckpt PATH``.
 
-    After ``fit`` (the default), the model is also tested on the test split; the scores go to
-    ``<run>/test_metrics.json``.
+    Classification configs (a plain ``model:`` section) run ``tasks.ClassificationModule``; segmentation
+    configs (``model: {class_path: tasks.segmentation.SegmentationModule, ...}``) run the segmentation
+    module on volumes (``tasks.cli.finetune_cli_class`` decides). After ``fit`` (the default), the model
+    is also tested on the test split; the scores go to ``<run>/test_metrics.json``.
     """
-    from tasks.cli import FinetuneCLI
+    from tasks.cli import finetune_cli_class
 
-    cli = _run_lightning_cli("finetune", FinetuneCLI, argv)
+    cli = _run_lightning_cli("finetune", finetune_cli_class(argv), argv)
     if cli is not None and cli.subcommand == "fit" and cli.datamodule.test_dataloader():
         cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best" if _has_best(cli) else None)
     return 0
@@ -110,14 +117,21 @@ def _index_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dataset",
         default="auto",
-        help="layout: ptbxl, mitdb, eegmat, folder, or auto (detected from the files; default)",
+        help="layout: ptbxl, mitdb, eegmat, folder (signals); msd, btcv, csv, paired (volumes); bidmc, "
+        "participants (ppg/wearable: 60 s segments checked for NaN, flat, clipping, motion); or auto "
+        "(detected from the files; default)",
     )
     parser.add_argument("--channels", nargs="+", default=None, help="channels every recording must have")
     parser.add_argument(
         "--max-nan-fraction", type=float, default=0.0, help="tolerated NaN fraction per channel"
     )
     parser.add_argument("--allow-flat", action="store_true", help="keep recordings with flat channels")
-    parser.add_argument("--table", default=None, help="folder layout: CSV with path, patient_id[, label]")
+    parser.add_argument(
+        "--table",
+        default=None,
+        help="folder layout: CSV with path, patient_id[, label]; volume csv layout: CSV with patient_id, "
+        "study_id, image[, mask]",
+    )
     return parser
 
 
@@ -141,15 +155,20 @@ def run_index(argv: Sequence[str]) -> int:
                 flush=True,
             )
 
-    result = index(
-        args.dataset,
-        args.root,
-        channels=args.channels,
-        max_nan_fraction=args.max_nan_fraction,
-        allow_flat=args.allow_flat,
-        progress=progress,
-        **builder_kwargs,
-    )
+    if args.modality == "volume":
+        if args.channels is not None or args.max_nan_fraction or args.allow_flat:
+            _index_parser().error("--channels, --max-nan-fraction and --allow-flat are signal options")
+        result = index(args.dataset, args.root, progress=progress, **builder_kwargs)
+    else:
+        result = index(
+            args.dataset,
+            args.root,
+            channels=args.channels,
+            max_nan_fraction=args.max_nan_fraction,
+            allow_flat=args.allow_flat,
+            progress=progress,
+            **builder_kwargs,
+        )
     save(result, args.out)
     print(f"{result.summary()} [{time.monotonic() - started:.1f} s; written to {args.out}]")
     return 0

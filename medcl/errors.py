@@ -16,6 +16,7 @@ __all__ = [
     "CorruptFileError",
     "DataError",
     "InvalidSignalError",
+    "InvalidVolumeError",
     "MedclError",
     "MissingChannelError",
     "SplitLeakError",
@@ -69,6 +70,11 @@ class MissingChannelError(DataError):
 
 class InvalidSignalError(DataError):
     """The record is readable but its values cannot be used (all-NaN or flat channels, ...)."""
+
+
+class InvalidVolumeError(DataError):
+    """The image or mask is readable but unusable: bad geometry (zero, negative or NaN voxel sizes, a
+    singular affine), NaN voxels, a mask off its image's grid or with non-integer labels."""
 
 
 class SplitLeakError(MedclError, ValueError):

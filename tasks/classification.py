@@ -233,7 +233,8 @@ class ClassificationModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._epoch_metrics("test")
-        if self.trainer.is_global_zero and self.trainer.log_dir is not None and "test" in self.results:
+        # Only into a logger's run folder: without a logger, log_dir would be the current directory.
+        if self.trainer.is_global_zero and self.trainer.logger is not None and "test" in self.results:
             path = Path(self.trainer.log_dir) / "test_metrics.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(self.results["test"], indent=2) + "\n")

@@ -98,7 +98,8 @@ class ManifestDataModule(L.LightningDataModule):
         if self.run_dir is not None:
             return Path(self.run_dir)
         trainer = self.trainer
-        if trainer is not None and trainer.log_dir is not None:
+        # Without a logger, Lightning's log_dir is the current directory: write nothing there.
+        if trainer is not None and trainer.logger is not None and trainer.log_dir is not None:
             return Path(trainer.log_dir)
         return None
 

@@ -90,7 +90,7 @@ class ManifestDataset(Dataset):
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        if label_mode not in ("multilabel", "multiclass"):
+        if label_names is not None and label_mode not in ("multilabel", "multiclass"):
             raise ConfigError(f"label_mode must be 'multilabel' or 'multiclass', got {label_mode!r}")
         missing = {"patient_id", "trial_id", "sample_index"} - set(samples.columns)
         if missing:

@@ -1,6 +1,7 @@
 """Loss functions of medcl: pure typed functions with thin ``nn.Module`` wrappers."""
 
 from medcl.losses.alignment import alignment, uniformity
+from medcl.losses.asymmetry import AsymmetryLoss, asymmetry_loss, asymmetry_loss_terms, flip_lr
 from medcl.losses.infonce import (
     InfoNCELoss,
     MultiPositiveInfoNCELoss,
@@ -19,15 +20,29 @@ from medcl.losses.ts2vec import (
     ts2vec_pyramid_losses,
     ts2vec_temporal_loss,
 )
+from medcl.losses.voco import (
+    VoCoPredictionLoss,
+    VoCoRegularizationLoss,
+    voco_logits,
+    voco_prediction_loss,
+    voco_prediction_loss_parts,
+    voco_regularization_loss,
+)
 
 __all__ = [
+    "AsymmetryLoss",
     "InfoNCELoss",
     "KoLeoLoss",
     "MultiPositiveInfoNCELoss",
     "NTXentLoss",
     "SupConLoss",
     "TS2VecLoss",
+    "VoCoPredictionLoss",
+    "VoCoRegularizationLoss",
     "alignment",
+    "asymmetry_loss",
+    "asymmetry_loss_terms",
+    "flip_lr",
     "info_nce_loss",
     "koleo_loss",
     "multi_positive_info_nce_loss",
@@ -38,4 +53,8 @@ __all__ = [
     "ts2vec_pyramid_losses",
     "ts2vec_temporal_loss",
     "uniformity",
+    "voco_logits",
+    "voco_prediction_loss",
+    "voco_prediction_loss_parts",
+    "voco_regularization_loss",
 ]

@@ -4,11 +4,14 @@ Each folder keeps its dataset's original layout and file formats, next to its li
 (``PROVENANCE.md``, ``LICENSE.txt``). Configs name them as ``bundled:<name>``; :func:`resolve_root`
 turns such a name (or any ordinary path) into a directory.
 
-=========  =====================================================================  ==========
-name       what                                                                   licence
-=========  =====================================================================  ==========
-``ptbxl``  PTB-XL records 1-300: 12-lead ECG, 100 Hz, 10 s, WFDB, 275 patients    CC BY 4.0
-=========  =====================================================================  ==========
+===================  ===========================================================  ============
+name                 what                                                         licence
+===================  ===========================================================  ============
+``ptbxl``            PTB-XL records 1-300: 12-lead ECG, 100 Hz, 10 s, WFDB,       CC BY 4.0
+                     275 patients
+``msd_hippocampus``  MSD Task04 hippocampus, 40 labelled MRI crops (the lowest    CC BY-SA 4.0
+                     case numbers), NIfTI, MSD layout without dataset.json
+===================  ===========================================================  ============
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 
 from medcl.errors import ConfigError
 
-__all__ = ["BUNDLED_PREFIX", "available", "resolve_root"]
+__all__ = ["BUNDLED_PREFIX", "available", "bundled_hippocampus_root", "resolve_root"]
 
 BUNDLED_PREFIX = "bundled:"
 _HERE = Path(__file__).resolve().parent
@@ -45,3 +48,8 @@ def resolve_root(root: str | Path) -> Path:
     if not path.is_dir():
         raise ConfigError(f"data root {text!r} is not a folder")
     return path
+
+
+def bundled_hippocampus_root() -> Path:
+    """The bundled MSD hippocampus subset (``imagesTr/``, ``labelsTr/``): ``"bundled:msd_hippocampus"``."""
+    return resolve_root(f"{BUNDLED_PREFIX}msd_hippocampus")
