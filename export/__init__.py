@@ -1,9 +1,9 @@
 """Export of trained models to ONNX, and a torch-free predictor.
 
-- :func:`export_classifier` (needs torch): checkpoint → one ONNX file with the preprocessing spec, label
-  names and a parity report in its metadata;
+- :func:`export_classifier` / :func:`export_segmentation` (need torch): checkpoint → one ONNX file with the
+  preprocessing spec, label names and a parity report in its metadata;
 - :class:`OnnxPredictor` (onnxruntime + numpy/SciPy + the file readers; no torch, Lightning or MONAI):
-  raw files → class probabilities.
+  raw files → class probabilities, or volumes → label maps (:func:`predict_volumes` writes the masks).
 
 Names are imported lazily so that ``from export import OnnxPredictor`` never imports torch.
 """
@@ -17,9 +17,14 @@ _EXPORTS = {
     "ExportParityError": "export.onnx",
     "export_classifier": "export.onnx",
     "load_classifier": "export.onnx",
+    "ExportableSegmenter": "export.segmentation",
+    "export_segmentation": "export.segmentation",
+    "load_segmenter": "export.segmentation",
     "FilePrediction": "export.predictor",
     "ModelMetadataError": "export.predictor",
     "OnnxPredictor": "export.predictor",
+    "VolumePrediction": "export.predictor",
+    "predict_volumes": "export.predictor",
 }
 
 __all__ = sorted(_EXPORTS)

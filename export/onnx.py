@@ -6,7 +6,8 @@ holds everything needed to go from a raw file to class probabilities: the medcl 
 task type, label names, the input spec (channels, sampling rate, window length) and the complete
 preprocessing spec, and the parity result. Before the file is written, onnxruntime's outputs are
 compared with torch's on random inputs and on real windows; above the tolerance the export fails and
-no file is left behind.
+no file is left behind. (Segmentation models: :mod:`export.segmentation`, which uses this module's
+graph export, parity check and atomic write.)
 
 The exported graph takes ``input`` ``(B, C, T)`` float32 (preprocessed windows) and returns ``logits``
 ``(B, K)`` and ``probabilities`` ``(B, K)`` (softmax for multi-class, per-class sigmoid for multi-label).
@@ -19,6 +20,8 @@ import json
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +41,17 @@ __all__ = [
     "METADATA_KEY",
     "ExportParityError",
     "ExportableClassifier",
+    "atomic_output",
+    "check_parity",
     "export_classifier",
+    "export_graph",
     "load_classifier",
+    "parity_failures",
 ]
 
 METADATA_KEY = "medcl"
 FORMAT = "medcl-onnx/1"
+CLASSIFIER_OUTPUTS = ("logits", "probabilities")
 
 
 class ExportParityError(MedclError):
@@ -107,18 +115,35 @@ def _errors(reference: np.ndarray, candidate: np.ndarray, rtol: float, atol: flo
 
 
 def check_parity(
-    model: nn.Module, onnx_path: str | Path, inputs: np.ndarray, rtol: float, atol: float
+    model: nn.Module,
+    onnx_path: str | Path,
+    inputs: np.ndarray,
+    rtol: float,
+    atol: float,
+    output_names: Sequence[str] = CLASSIFIER_OUTPUTS,
+    batch_size: int | None = None,
 ) -> dict[str, Any]:
-    """Compare torch and onnxruntime on ``inputs`` ``(N, C, T)``: max abs/rel error per output, pass/fail."""
+    """Compare torch and onnxruntime on ``inputs`` ``(N, C, *spatial)``: max abs/rel error per output,
+    pass/fail.
+
+    ``model`` returns one tensor or a tuple of tensors, in the order of ``output_names`` (the graph's
+    outputs); both run ``batch_size`` inputs at a time (default: all at once).
+    """
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     batch = inputs.astype(np.float32)
-    with torch.no_grad():
-        expected = [t.numpy() for t in model(torch.from_numpy(batch))]
-    got = session.run(["logits", "probabilities"], {"input": batch})
-    per_output = {
-        name: _errors(e, g, rtol, atol)
-        for name, e, g in zip(("logits", "probabilities"), expected, got, strict=True)
-    }
+    names = list(output_names)
+    step = max(int(batch_size or len(batch)), 1)
+    expected_parts: list[list[np.ndarray]] = []
+    got_parts: list[list[np.ndarray]] = []
+    for start in range(0, len(batch), step):
+        chunk = batch[start : start + step]
+        with torch.no_grad():
+            outputs = model(torch.from_numpy(chunk))
+        expected_parts.append([t.numpy() for t in ((outputs,) if isinstance(outputs, Tensor) else outputs)])
+        got_parts.append(session.run(names, {"input": chunk}))
+    expected = [np.concatenate([part[i] for part in expected_parts]) for i in range(len(names))]
+    got = [np.concatenate([part[i] for part in got_parts]) for i in range(len(names))]
+    per_output = {name: _errors(e, g, rtol, atol) for name, e, g in zip(names, expected, got, strict=True)}
     return {
         "n_inputs": len(batch),
         "max_abs_error": max(v["max_abs_error"] for v in per_output.values()),
@@ -128,9 +153,17 @@ def check_parity(
     }
 
 
-def export_graph(model: nn.Module, example: np.ndarray, path: str | Path, opset: int = 17) -> None:
-    """Write ``model`` (``input`` ``(B, C, T)`` → ``logits``, ``probabilities``) as ONNX with a dynamic batch
-    axis, in one self-contained file, and check it with the ONNX checker."""
+def export_graph(
+    model: nn.Module,
+    example: np.ndarray,
+    path: str | Path,
+    opset: int = 17,
+    output_names: Sequence[str] = CLASSIFIER_OUTPUTS,
+) -> None:
+    """Write ``model`` (``input`` ``(B, C, *spatial)`` → ``output_names``, by default ``logits`` and
+    ``probabilities``) as ONNX with a dynamic batch axis (the other axes fixed to ``example``'s), in one
+    self-contained file, and check it with the ONNX checker."""
+    names = list(output_names)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its deprecation
         torch.onnx.export(
@@ -138,12 +171,41 @@ def export_graph(model: nn.Module, example: np.ndarray, path: str | Path, opset:
             (torch.from_numpy(np.asarray(example, dtype=np.float32)),),
             str(path),
             input_names=["input"],
-            output_names=["logits", "probabilities"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}},
+            output_names=names,
+            dynamic_axes={name: {0: "batch"} for name in ["input", *names]},
             opset_version=opset,
             dynamo=False,
         )
     onnx.checker.check_model(str(path))
+
+
+@contextmanager
+def atomic_output(out_path: str | Path) -> Iterator[Path]:
+    """A temporary file next to ``out_path`` to write the model into; moved onto ``out_path`` when the block
+    ends normally, deleted when it raises (so a failed export leaves no file behind)."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(suffix=".onnx", dir=out_path.parent)
+    os.close(handle)
+    temporary_path = Path(temporary)
+    try:
+        yield temporary_path
+        os.replace(temporary_path, out_path)
+    finally:
+        if temporary_path.exists():
+            temporary_path.unlink()
+
+
+def parity_failures(parity: dict[str, Any], names: Sequence[str]) -> str | None:
+    """``"<name>: max abs error …, max rel error …; …"`` for the checks in ``names`` that failed, or None."""
+    failed = [name for name in names if parity[name]["passed"] is False]
+    if not failed:
+        return None
+    return "; ".join(
+        f"{name}: max abs error {parity[name]['max_abs_error']:.3g}, max rel error "
+        f"{parity[name]['max_rel_error']:.3g}"
+        for name in failed
+    )
 
 
 def _sha256(path: str | Path) -> str:
@@ -203,12 +265,7 @@ def export_classifier(
             f"real inputs have shape {real_inputs.shape[1:]}, the model takes {(channels, length)}"
         )
 
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(suffix=".onnx", dir=out_path.parent)
-    os.close(handle)
-    temporary_path = Path(temporary)
-    try:
+    with atomic_output(out_path) as temporary_path:
         export_graph(model, random_inputs[:2], temporary_path, opset)
         parity = {
             "rtol": rtol,
@@ -219,13 +276,8 @@ def export_classifier(
             parity["real"] = check_parity(model, temporary_path, real_inputs, rtol, atol)
         else:
             parity["real"] = {"skipped": real_skipped, "passed": None}
-        failed = [name for name in ("random", "real") if parity[name]["passed"] is False]
-        if failed:
-            details = "; ".join(
-                f"{name}: max abs error {parity[name]['max_abs_error']:.3g}, max rel error "
-                f"{parity[name]['max_rel_error']:.3g}"
-                for name in failed
-            )
+        details = parity_failures(parity, ("random", "real"))
+        if details is not None:
             raise ExportParityError(
                 f"onnxruntime and torch disagree beyond rtol={rtol}, atol={atol} ({details}); "
                 "no model written"
@@ -260,10 +312,6 @@ def export_classifier(
             "source_checkpoint": {"file": Path(checkpoint_path).name, "sha256": _sha256(checkpoint_path)},
         }
         _set_metadata(temporary_path, metadata)
-        os.replace(temporary_path, out_path)
-    finally:
-        if temporary_path.exists():
-            temporary_path.unlink()
     return metadata
 
 

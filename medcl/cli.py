@@ -6,8 +6,10 @@
                     ``tasks.ClassificationDataModule``, or of ``tasks.segmentation.SegmentationModule``
                     on ``tasks.segmentation_data.SegmentationDataModule`` (``fit`` then ``test``).
 ``medcl index``     build, validate and save a manifest; bad files go to ``quarantine.csv``.
-``medcl export``    ONNX export of a classification checkpoint, with parity check (needs torch).
-``medcl predict``   probabilities of raw files from an exported model (imports no torch).
+``medcl export``    ONNX export of a classification or segmentation checkpoint, with parity checks
+                    (needs torch).
+``medcl predict``   probabilities of raw files, or masks of volumes, from an exported model (imports no
+                    torch).
 ``medcl demo``      pretraining, label-efficiency study, export and report on the bundled real ECG.
 
 Errors that bad data or settings cause (:class:`~medcl.errors.MedclError`) are printed as one line
@@ -37,10 +39,12 @@ commands:
              medcl finetune --config configs/finetune/hippocampus_seg.yaml --model.encoder_ckpt RUN/last.ckpt
   index      index and validate a dataset
              medcl index ROOT --modality ecg --out DIR
-  export     a fine-tuned classifier to ONNX (preprocessing + labels inside, parity checked)
+  export     a fine-tuned classifier or segmentation model to ONNX (preprocessing + labels inside, parity
+             checked)
              medcl export --ckpt RUN/checkpoints/last.ckpt --out model.onnx
-  predict    class probabilities of raw files with an exported model (no torch needed)
+  predict    class probabilities of raw files, or masks of volumes, with an exported model (no torch needed)
              medcl predict --model model.onnx RECORD.hea [...] [--out predictions.csv]
+             medcl predict --model seg.onnx VOLUME.nii.gz [...] --out MASK_DIR
   demo       the main job on the bundled real ECG: pretrain, label efficiency, export, report (~6 min)
              medcl demo --out demo
 
@@ -176,20 +180,54 @@ def run_index(argv: Sequence[str]) -> int:
 
 # --------------------------------------------------------------------------------------------------
 def run_export(argv: Sequence[str]) -> int:
-    """``medcl export --ckpt CKPT --out model.onnx [--opset 17] [--rtol 1e-4] [--atol 1e-5]``."""
+    """``medcl export --ckpt CKPT --out model.onnx [--opset 17] [--rtol 1e-4] [--atol 1e-5]
+    [--volume-atol 1e-4] [--roi H W D]``: a classifier, or a segmentation model when the checkpoint's
+    ``medcl.task`` is ``"segmentation"`` (:func:`export.segmentation.export_segmentation`)."""
     parser = argparse.ArgumentParser(
         prog="medcl export",
-        description="Export a classification checkpoint to ONNX with the preprocessing spec, label names and "
-        "a torch-vs-onnxruntime parity report in its metadata. Fails (and writes nothing) above tolerance.",
+        description="Export a classification or segmentation checkpoint to ONNX with the preprocessing spec, "
+        "label names and a torch-vs-onnxruntime parity report in its metadata. Fails (and writes nothing) "
+        "above tolerance. Segmentation models are also checked on whole volumes: the torch-free "
+        "predictor's sliding windows vs the torch model's.",
     )
     parser.add_argument(
-        "--ckpt", required=True, help="checkpoint of medcl finetune / tasks.ClassificationModule"
+        "--ckpt",
+        required=True,
+        help="checkpoint of medcl finetune (tasks.ClassificationModule or tasks.segmentation."
+        "SegmentationModule)",
     )
     parser.add_argument("--out", required=True, help="the .onnx file to write")
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--rtol", type=float, default=1e-4)
-    parser.add_argument("--atol", type=float, default=1e-5)
+    parser.add_argument(
+        "--atol",
+        type=float,
+        default=None,
+        help="absolute parity tolerance (default 1e-5 for classifiers, 1e-4 for segmentation models)",
+    )
+    parser.add_argument(
+        "--volume-atol",
+        type=float,
+        default=1e-4,
+        help="segmentation: largest tolerated whole-volume probability difference (predictor vs torch)",
+    )
+    parser.add_argument(
+        "--roi",
+        type=int,
+        nargs=3,
+        default=None,
+        metavar=("H", "W", "D"),
+        help="segmentation: the model's window (default: the checkpoint's ROI)",
+    )
     args = parser.parse_args(list(argv))
+    from medcl.checkpoints import load_checkpoint
+
+    if (load_checkpoint(args.ckpt).get("medcl") or {}).get("task") == "segmentation":
+        args.atol = 1e-4 if args.atol is None else args.atol
+        return _export_segmentation(args)
+    args.atol = 1e-5 if args.atol is None else args.atol
+    if args.roi is not None:
+        parser.error("--roi is a segmentation option")
     from export.onnx import export_classifier
 
     metadata = export_classifier(args.ckpt, args.out, opset=args.opset, rtol=args.rtol, atol=args.atol)
@@ -208,16 +246,63 @@ def run_export(argv: Sequence[str]) -> int:
     return 0
 
 
+def _export_segmentation(args: argparse.Namespace) -> int:
+    from export.segmentation import export_segmentation
+
+    metadata = export_segmentation(
+        args.ckpt,
+        args.out,
+        roi_size=args.roi,
+        opset=args.opset,
+        rtol=args.rtol,
+        atol=args.atol,
+        volume_atol=args.volume_atol,
+    )
+    parity = metadata["parity"]
+    real, volume = parity["real"], parity["volume"]
+    real_text = (
+        f"real crops ({real['n_inputs']}): max abs error {real['max_abs_error']:.2g}"
+        if real.get("passed") is not None
+        else f"real crops: skipped ({real['skipped']})"
+    )
+    volume_text = (
+        f"whole {volume['source']} volumes ({volume['n_volumes']}): max probability difference "
+        f"{volume['max_abs_error']:.2g}"
+        if volume.get("passed") is not None
+        else f"whole volumes: skipped ({volume['skipped']})"
+    )
+    roi = "×".join(map(str, metadata["segmentation"]["roi_size"]))
+    print(
+        f"wrote {args.out}: segmentation over {', '.join(metadata['class_names'])} (ROI {roi}); parity vs "
+        f"torch: random ({parity['random']['n_inputs']}): max abs error "
+        f"{parity['random']['max_abs_error']:.2g}, {real_text} (rtol {args.rtol:g}, atol {args.atol:g}), "
+        f"{volume_text} (atol {args.volume_atol:g})"
+    )
+    return 0
+
+
 def run_predict(argv: Sequence[str]) -> int:
-    """``medcl predict --model model.onnx INPUT... [--out FILE.csv|FILE.json] [--per-window] [--fs HZ]``."""
+    """``medcl predict --model model.onnx INPUT... [--out FILE.csv|FILE.json] [--per-window] [--fs HZ]``;
+    for a segmentation model ``medcl predict --model seg.onnx VOLUME... --out DIR`` (one
+    ``DIR/<name>_mask.nii.gz`` per volume, on the volume's grid)."""
     parser = argparse.ArgumentParser(
         prog="medcl predict",
-        description="Class probabilities of raw recordings (WFDB, EDF/BDF, CSV) from a model written by "
-        "medcl export, with the model's own preprocessing. Runs on onnxruntime + numpy; no torch needed.",
+        description="Class probabilities of raw recordings (WFDB, EDF/BDF, CSV), or label masks of volumes "
+        "(NIfTI, NRRD, DICOM series folders), from a model written by medcl export, with the model's own "
+        "preprocessing. Runs on onnxruntime + numpy; no torch needed.",
     )
     parser.add_argument("--model", required=True, help="the .onnx model")
-    parser.add_argument("inputs", nargs="+", help="recordings (e.g. 00001_lr.hea, rec.edf, rec.csv)")
-    parser.add_argument("--out", default=None, help="write CSV or JSON (by suffix) instead of printing CSV")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        help="recordings (e.g. 00001_lr.hea, rec.edf, rec.csv), or volumes for a segmentation model",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="write CSV or JSON (by suffix) instead of printing CSV; segmentation models: the folder for "
+        "the masks (required)",
+    )
     parser.add_argument("--per-window", action="store_true", help="one row per window instead of per file")
     parser.add_argument(
         "--fs", type=float, default=None, help="sampling rate of CSV files without a time column"
@@ -232,6 +317,8 @@ def run_predict(argv: Sequence[str]) -> int:
     from export.predictor import OnnxPredictor
 
     predictor = OnnxPredictor(args.model)
+    if predictor.task == "segmentation":
+        return _predict_masks(predictor, args)
     rows: list[dict[str, Any]] = []
     failed = 0
     for path in args.inputs:
@@ -245,6 +332,57 @@ def run_predict(argv: Sequence[str]) -> int:
     _write_rows(rows, args.out)
     if failed:
         print(f"medcl predict: {failed} of {len(args.inputs)} file(s) skipped", file=sys.stderr)
+    return 0
+
+
+def _predict_masks(predictor: Any, args: argparse.Namespace) -> int:
+    """Write one ``<name>_mask.nii.gz`` per input volume into ``--out`` and print, per input, where its
+    mask went and the voxels of each label (what :func:`export.predictor.predict_volumes` writes)."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from export.predictor import mask_path_for, save_mask
+    from medcl.errors import ConfigError
+
+    if args.per_window or args.fs is not None:
+        raise ConfigError("--per-window and --fs are options of signal models; this is a segmentation model")
+    if args.out is None:
+        raise ConfigError(
+            f"{args.model} is a segmentation model: give --out DIR, the folder for one mask per volume"
+        )
+    out_dir = Path(args.out)
+    if out_dir.suffix.lower() in (".csv", ".json") or out_dir.is_file():
+        raise ConfigError(
+            f"--out {out_dir} must be a folder for the masks (a segmentation model writes one "
+            "<name>_mask.nii.gz per volume), not a table"
+        )
+    targets = [mask_path_for(path, out_dir) for path in args.inputs]
+    seen: dict[Path, str] = {}
+    for path, target in zip(args.inputs, targets, strict=True):
+        if target in seen:
+            raise ConfigError(
+                f"{seen[target]} and {path} would both be written to {target}; rename one or run them "
+                "separately"
+            )
+        seen[target] = path
+    failed = 0
+    for path, target in zip(args.inputs, targets, strict=True):
+        try:
+            prediction = predictor.predict_volume(path)
+            save_mask(prediction.labels, prediction.affine, target, reference=path)
+        except MedclError as error:
+            if args.on_error == "raise":
+                raise
+            failed += 1
+            print(f"medcl predict: skipped {error}", file=sys.stderr)
+            continue
+        counts = np.bincount(prediction.labels.ravel(), minlength=len(predictor.class_names))
+        shape = "×".join(map(str, prediction.labels.shape))
+        voxels = ", ".join(f"{name} {int(n)}" for name, n in zip(predictor.class_names, counts, strict=False))
+        print(f"{path} -> {target} ({shape} voxels: {voxels})")
+    if failed:
+        print(f"medcl predict: {failed} of {len(args.inputs)} volume(s) skipped", file=sys.stderr)
     return 0
 
 
@@ -270,21 +408,37 @@ def _write_rows(rows: list[dict[str, Any]], out: str | None) -> None:
 
 # --------------------------------------------------------------------------------------------------
 def run_demo(argv: Sequence[str]) -> int:
-    """``medcl demo --out DIR [--quick] [--seeds 0 1 2] [--pretrain-epochs 10]``."""
+    """``medcl demo --out DIR [--modality ecg|volume] [--quick] [--seeds 0 1 2] [--pretrain-epochs N]``."""
+    parser = argparse.ArgumentParser(
+        prog="medcl demo",
+        description="The main job on bundled real data. ecg (default): pretrain on the PTB-XL subset with "
+        "hierarchical contrast, compare pretrained and from-scratch NORM vs MI classifiers at 1/10/100 %% of "
+        "the labels. volume: pretrain on the MSD hippocampus MRI subset with volume contrast (VoCo), compare "
+        "pretrained and from-scratch segmentation at 25/100 %% of the labelled patients. Both export the "
+        "fine-tuned model to ONNX, check the torch-free predictor, and write report.md, report.json and "
+        "plots to OUT.",
+    )
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument(
+        "--modality", choices=("ecg", "volume"), default="ecg", help="which track (default ecg)"
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke-test sized run (about a minute)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds of the label fractions")
+    parser.add_argument("--pretrain-epochs", type=int, default=None, help="pretraining epochs")
+    args = parser.parse_args(list(argv))
+    if args.modality == "volume":
+        from medcl.demo_volume import VolumeDemoSettings, run_volume_demo
+
+        volume_settings = VolumeDemoSettings.quick() if args.quick else VolumeDemoSettings()
+        if args.seeds is not None:
+            volume_settings.seeds = tuple(args.seeds)
+        if args.pretrain_epochs is not None:
+            volume_settings.pretrain_epochs = args.pretrain_epochs
+        run_volume_demo(args.out, volume_settings)
+        return 0
     from medcl.demo import DemoSettings
     from medcl.demo import run_demo as demo
 
-    parser = argparse.ArgumentParser(
-        prog="medcl demo",
-        description="Pretrain on the bundled real ECG (PTB-XL subset) with hierarchical contrast, compare "
-        "pretrained and from-scratch NORM vs MI classifiers at 1/10/100 %% of the labels, and write "
-        "report.md, report.json and plots to OUT.",
-    )
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--quick", action="store_true", help="a smoke-test sized run (about a minute)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds of the label fractions")
-    parser.add_argument("--pretrain-epochs", type=int, default=None, help="pretraining epochs (default 10)")
-    args = parser.parse_args(list(argv))
     settings = DemoSettings.quick() if args.quick else DemoSettings()
     if args.seeds is not None:
         settings.seeds = tuple(args.seeds)

@@ -196,7 +196,11 @@ class SegmentationDataModule(ManifestDataModule):
         num_workers: DataLoader worker processes.
         on_error: ``"raise"`` (default) or ``"skip"`` for samples that fail to load (skips are logged with
             the file and the reason, and counted in every batch's ``n_skipped``).
-        pad_multiple: whole volumes are zero-padded to a multiple of this on every side.
+        pad_multiple: whole validation/test volumes are zero-padded to a multiple of this on every side
+            (default 1: no padding beyond the adapter's, which pads to at least the ROI; sliding-window
+            inference needs nothing more, and extra zero padding would add voxels the model never sees in
+            training — false positives there lowered Dice by 0.25 in one measured run — and that the
+            exported predictor does not score).
         run_dir: where to write the data record; default: the trainer's ``log_dir``.
     """
 
@@ -213,7 +217,7 @@ class SegmentationDataModule(ManifestDataModule):
         seed: int = 0,
         num_workers: int = 0,
         on_error: str = "raise",
-        pad_multiple: int = 16,
+        pad_multiple: int = 1,
         run_dir: str | None = None,
     ) -> None:
         super().__init__(adapter, batch_size, split, seed, num_workers, on_error, False, run_dir)

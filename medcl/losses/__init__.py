@@ -13,6 +13,7 @@ from medcl.losses.infonce import (
     supcon_loss,
 )
 from medcl.losses.koleo import KoLeoLoss, koleo_loss
+from medcl.losses.paired import PairedInfoNCELoss, paired_info_nce_loss
 from medcl.losses.ts2vec import (
     TS2VecLoss,
     ts2vec_hierarchical_loss,
@@ -35,6 +36,7 @@ __all__ = [
     "KoLeoLoss",
     "MultiPositiveInfoNCELoss",
     "NTXentLoss",
+    "PairedInfoNCELoss",
     "SupConLoss",
     "TS2VecLoss",
     "VoCoPredictionLoss",
@@ -47,6 +49,7 @@ __all__ = [
     "koleo_loss",
     "multi_positive_info_nce_loss",
     "nt_xent_loss",
+    "paired_info_nce_loss",
     "supcon_loss",
     "ts2vec_hierarchical_loss",
     "ts2vec_instance_loss",
