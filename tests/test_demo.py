@@ -71,3 +71,43 @@ def test_quick_demo_writes_the_report_json_and_plots(tmp_path: Path) -> None:
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     lines = predicted.stdout.strip().splitlines()
     assert lines[0] == "file,windows,p_NORM,p_MI,predicted" and len(lines) == 3
+
+
+def test_quick_volume_demo_writes_the_report_and_a_mask_equal_to_torch(tmp_path: Path) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    out = tmp_path / "volume_demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "medcl", "demo", "--modality", "volume", "--out", str(out), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[1/4] pretraining" in result.stdout and "[4/4] report" in result.stdout
+
+    report = json.loads((out / "report.json").read_text())
+    runs = pd.DataFrame(report["segmentation"]["runs"])
+    assert len(runs) == 4 and set(runs["arm"]) == {"finetune", "scratch"}
+    patients = runs.groupby("fraction")["train_patients"].first().to_dict()
+    assert patients == {0.25: 6, 1.0: 24}  # ceil(f * 24) training patients, one volume each
+    assert (runs["test_patients"] == 8).all()
+    assert ((runs["dice"] >= 0) & (runs["dice"] <= 1)).all()
+    csv = pd.read_csv(out / "segmentation_efficiency.csv")
+    assert np.allclose(
+        csv.sort_values(["fraction", "arm"])["dice"], runs.sort_values(["fraction", "arm"])["dice"]
+    )
+    assert report["pretraining"]["loss_per_epoch"]["loss"]
+
+    exported = report["export"]
+    assert exported["parity"]["random"]["passed"] and exported["parity"]["volume"]["passed"]
+    assert exported["volumes"] == 3 and exported["voxel_agreement"] >= 0.999
+    # a written mask is on its input's grid
+    image = nib.load(exported["volume_paths"][0])
+    mask = nib.load(exported["masks"][0])
+    assert mask.shape == image.shape and np.allclose(mask.affine, image.affine)
+    for name in report["plots"]:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    markdown = (out / "report.md").read_text()
+    assert "| 25% (6) |" in markdown and "| 100% (24) |" in markdown

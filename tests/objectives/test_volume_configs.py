@@ -23,7 +23,9 @@ CONFIGS = REPO / "configs" / "pretrain"
 QUICK_ENCODER = ["--model.encoder.init_args.features=[4,4,8,8,16,4]"]
 QUICK = {
     "voco_ct": [
+        "--model.encoder=modalities.volumes.UNetBackbone",  # the shipped SwinUNETR is too slow for a test
         *QUICK_ENCODER,
+        "--model.objective.init_args.crop_size=32",
         "--data.adapter.init_args.spacing=[4.0,4.0,5.0]",
         "--data.adapter.init_args.roi=[64,64,32]",
         "--model.objective.init_args.n_bases_per_side=2",
