@@ -11,7 +11,7 @@
    and write every run to ``--out``.
 
     python benchmarks/segmentation_efficiency.py --out runs/bench_seg
-    python benchmarks/segmentation_efficiency.py --fractions 0.05 0.25 1.0 --seeds 0 1 2 --epochs 20
+    python benchmarks/segmentation_efficiency.py --fractions 0.05 0.25 1.0 --epochs 20 --epochs-small 60
 
 The data defaults to ``../shared/data/msd_hippocampus`` (220 volumes); ``--root bundled:msd_hippocampus``
 runs on the 40 that ship with medcl.
@@ -50,7 +50,8 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=10)
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.05, 0.25])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=12, help="fine-tuning epochs of every run")
+    parser.add_argument("--epochs", type=int, default=24, help="fine-tuning epochs at fractions above 10 %%")
+    parser.add_argument("--epochs-small", type=int, default=80, help="epochs at fractions <= 10 %%")
     parser.add_argument("--features", type=int, nargs=6, default=[8, 8, 16, 32, 64, 8])
     parser.add_argument("--roi", type=int, nargs=3, default=[32, 48, 32])
     parser.add_argument("--encoder-lr-scale", type=float, default=0.1)
@@ -98,7 +99,7 @@ def main() -> None:
         fractions=args.fractions,
         seeds=args.seeds,
         arms=("finetune", "scratch"),
-        epochs=args.epochs,
+        epochs=lambda f: args.epochs_small if f <= 0.1 else args.epochs,
         encoder_lr_scale=args.encoder_lr_scale,
         out_dir=out / "finetune",
         progress=lambda line: print(line, flush=True),
