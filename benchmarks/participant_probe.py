@@ -18,14 +18,17 @@ segment-level ones for encoding participant health information), on the one real
   (F/M), ``age_65`` (age >= 65), ``location`` (CCU vs MICU: only 2 CCU participants, so its AUROC is
   close to noise);
 - metric: participant-level AUROC of the out-of-fold scores of all labelled participants (one number per
-  seed), mean ± sample std over seeds; segment-level AUROC alongside.
+  seed), mean ± sample std over seeds; segment-level AUROC alongside;
+- diagnostic: top-1 participant retrieval among the held-out participants' segments (is a segment's
+  nearest neighbour, by cosine of the frozen embeddings, another segment of the same person?), against
+  its chance rate; and the pretraining loss terms of the last epoch.
 
     python benchmarks/participant_probe.py --out runs/bench_participant
     python benchmarks/participant_probe.py --out /tmp/pp --seeds 0 --folds 3 --epochs 1   # smoke test
 
 It prints a line per pretraining and per (seed, arm, label), then a markdown table, and writes
-``results.csv`` (one row per seed × arm × label), ``predictions.csv`` (out-of-fold participant scores)
-and ``summary.json`` to ``--out``.
+``results.csv`` (one row per seed × arm × label), ``predictions.csv`` (out-of-fold segment scores),
+``folds.csv`` (retrieval and last-epoch pretraining terms per seed × arm × fold) and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -131,6 +134,11 @@ def pretrain(
         limit_val_batches=0,
     )
     trainer.fit(module, datamodule=data)
+    encoder.final_terms = {  # type: ignore[attr-defined]
+        name.split("/")[1][: -len("_epoch")]: float(value)
+        for name, value in trainer.callback_metrics.items()
+        if name.startswith("train/") and name.endswith("_epoch")
+    }
     return encoder.eval()
 
 
@@ -144,6 +152,30 @@ def embed(encoder: torch.nn.Module, adapter: WearableAdapter, samples: pd.DataFr
         x = np.stack([adapter.load_sample(row)["signal"] for _, row in rows.iterrows()])
         out.append(encoder(torch.as_tensor(x)).numpy())
     return np.concatenate(out)
+
+
+def retrieval(z: np.ndarray, participants: np.ndarray, recordings: np.ndarray) -> dict[str, float]:
+    """Top-1 participant retrieval among the segments ``z`` ``(N, D)`` (cosine of the embeddings).
+
+    ``any``: is a segment's nearest other segment from the same participant (mostly: the same recording)?
+    ``cross``: for participants with several recordings here, is the nearest segment *of another
+    recording* from the same participant? Each with the count of queries, the hits and the hits a random
+    neighbour would get on average.
+    """
+    unit = z / np.linalg.norm(z, axis=1, keepdims=True).clip(min=1e-12)
+    similarity = unit @ unit.T
+    same_person = participants[:, None] == participants[None, :]
+    same_recording = recordings[:, None] == recordings[None, :]
+    out: dict[str, float] = {}
+    for name, allowed in (("any", ~np.eye(len(z), dtype=bool)), ("cross", ~same_recording)):
+        candidates = np.where(allowed, similarity, -np.inf)
+        queries = (allowed & same_person).any(axis=1)  # a same-person candidate exists
+        nearest = candidates.argmax(axis=1)
+        out[f"{name}_queries"] = int(queries.sum())
+        out[f"{name}_hits"] = int((participants[nearest] == participants)[queries].sum())
+        chance = (allowed & same_person).sum(axis=1) / allowed.sum(axis=1).clip(min=1)
+        out[f"{name}_chance"] = float(chance[queries].sum())
+    return out
 
 
 def fit_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> Any:
@@ -185,7 +217,9 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     labels = participant_labels(data.trials)
     participants = sorted(samples["patient_id"].unique())
     segment_participant = samples["patient_id"].to_numpy()
+    segment_recording = samples["trial_id"].to_numpy()
     predictions = []
+    retrieved: list[dict[str, Any]] = []
     for seed in args.seeds:
         folds = participant_folds(participants, args.folds, seed)
         shared: dict[str, TsaiEncoder] = {}
@@ -209,6 +243,17 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
                     )
                 z = embed(encoder, adapter, samples)
                 test_rows = np.isin(segment_participant, held_out)
+                retrieved.append(
+                    {
+                        "seed": seed,
+                        "arm": arm,
+                        "fold": k,
+                        **retrieval(
+                            z[test_rows], segment_participant[test_rows], segment_recording[test_rows]
+                        ),
+                        **getattr(encoder, "final_terms", {}),
+                    }
+                )
                 for label in args.labels:
                     y_all = labels.loc[segment_participant, label].to_numpy()
                     train = ~test_rows & ~np.isnan(y_all)
@@ -247,6 +292,15 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     results = pd.DataFrame(rows)
     results.to_csv(out / "results.csv", index=False)
     segment_predictions.to_csv(out / "predictions.csv", index=False)
+    folds_table = pd.DataFrame(retrieved)
+    folds_table.to_csv(out / "folds.csv", index=False)
+    per_seed = folds_table.groupby(["arm", "seed"]).sum(numeric_only=True)
+    rates = pd.DataFrame(index=per_seed.index)
+    for kind in ("any", "cross"):
+        rates[f"{kind}_top1"] = per_seed[f"{kind}_hits"] / per_seed[f"{kind}_queries"]
+        rates[f"{kind}_chance"] = per_seed[f"{kind}_chance"] / per_seed[f"{kind}_queries"]
+    retrieval_summary = rates.groupby("arm").agg(["mean", "std"])
+    retrieval_summary.columns = [f"{a}_{b}" for a, b in retrieval_summary.columns]
     summary = (
         results.groupby(["label", "arm"])
         .agg(
@@ -264,9 +318,17 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
         "index": indexed.counts(),
         "minutes": (time.monotonic() - started) / 60,
         "summary": summary.to_dict(orient="records"),
+        "retrieval": retrieval_summary.reset_index().to_dict(orient="records"),
     }
     (out / "summary.json").write_text(json.dumps(info, indent=2, default=float) + "\n")
     print(markdown(summary, args))
+    print("\nTop-1 participant retrieval among held-out participants' segments (mean ± std over seeds):")
+    for arm, r in retrieval_summary.iterrows():
+        print(
+            f"  {arm:<11} any segment {r.any_top1_mean:.3f} ± {r.any_top1_std:.3f} "
+            f"(chance {r.any_chance_mean:.3f}); another recording {r.cross_top1_mean:.3f} ± "
+            f"{r.cross_top1_std:.3f} (chance {r.cross_chance_mean:.3f})"
+        )
     print(f"[{info['minutes']:.1f} min; written to {out}]")
     return results
 
