@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-PAGES_WITH_CODE = ["python_api.md", "volumes.md"]
+PAGES_WITH_CODE = ["python_api.md", "volumes.md", "wearables.md"]
 
 
 def python_blocks(page: Path) -> list[str]:

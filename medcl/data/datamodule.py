@@ -187,8 +187,8 @@ class ManifestDataModule(L.LightningDataModule):
         text = f"data: {self.indexed.summary()}; " + ", ".join(parts)
         if len(self.indexed.quarantine):
             run_dir = self._resolve_run_dir()
-            where = f" (see {run_dir / 'quarantine.csv'})" if run_dir is not None else ""
-            text += f"; {len(self.indexed.quarantine)} file(s) quarantined{where}"
+            if run_dir is not None:
+                text += f"; quarantine reasons in {run_dir / 'quarantine.csv'}"
         return text
 
     # ----------------------------------------------------------------------------------------------

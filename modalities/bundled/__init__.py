@@ -11,6 +11,8 @@ name                 what                                                       
                      275 patients
 ``msd_hippocampus``  MSD Task04 hippocampus, 40 labelled MRI crops (the lowest    CC BY-SA 4.0
                      case numbers), NIfTI, MSD layout without dataset.json
+``bidmc``             BIDMC PPG/ECG/respiration, 10 ICU recordings of 6            ODC-By 1.0
+                     participants (subjects 01-04, 06-09, 20-21), 125 Hz, CSV
 ===================  ===========================================================  ============
 """
 
