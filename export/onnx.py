@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 import medcl
+from export.numerics import onnx_friendly
 from medcl.checkpoints import encoder_state_dict, load_checkpoint
 from medcl.configurable import instantiate_spec
 from medcl.errors import ConfigError, MedclError
@@ -178,8 +179,13 @@ def export_graph(
 ) -> None:
     """Write ``model`` (``input`` ``(B, C, *spatial)`` → ``output_names``, by default ``logits`` and
     ``probabilities``) as ONNX with a dynamic batch axis (the other axes fixed to ``example``'s), in one
-    self-contained file, and check it with the ONNX checker."""
+    self-contained file, and check it with the ONNX checker.
+
+    What is exported is :func:`export.numerics.onnx_friendly` of ``model``: the same function with instance
+    normalisation reduced one axis at a time, which onnxruntime computes far more accurately in float32
+    (see :mod:`export.numerics`); ``model`` itself is not changed."""
     names = list(output_names)
+    model = onnx_friendly(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its deprecation
         torch.onnx.export(
