@@ -192,6 +192,11 @@ class OnnxPredictor:
             raise ModelMetadataError(
                 f"{path}: the {METADATA_KEY!r} metadata is not valid JSON ({error})"
             ) from error
+        if not isinstance(self.metadata, dict):
+            raise ModelMetadataError(
+                f"{path}: the {METADATA_KEY!r} metadata is JSON but not an object "
+                f"({type(self.metadata).__name__})"
+            )
         if self.metadata.get("format") not in SUPPORTED_FORMATS:
             raise ModelMetadataError(
                 f"{path}: model format {self.metadata.get('format')!r} is not one this predictor reads "
@@ -201,8 +206,17 @@ class OnnxPredictor:
         self.batch_size = batch_size
         if self.task == SEGMENTATION_TASK:
             self._init_segmentation()
-        else:
+            return
+        try:
             self._init_signals()
+        except ModelMetadataError:
+            raise
+        except ConfigError as error:  # e.g. an unknown preprocessing step
+            raise ModelMetadataError(f"{path}: {error}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as error:  # data of the wrong shape
+            raise ModelMetadataError(
+                f"{path}: malformed signal model metadata ({type(error).__name__}: {error})"
+            ) from None
 
     def _init_signals(self) -> None:
         path = self.path

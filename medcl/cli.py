@@ -48,7 +48,9 @@ commands:
   demo       the main job on the bundled real ECG: pretrain, label efficiency, export, report (~6 min)
              medcl demo --out demo
 
-`medcl <command> --help` shows a command's options.
+`medcl <command> --help` shows a command's options. pretrain/finetune configs may name only medcl's
+classes and a short allow-list (Lightning callbacks, strategies, CSV/TensorBoard loggers); trust more
+code explicitly with --allow_class_path PREFIX.
 """
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
@@ -61,6 +63,7 @@ INDEXERS: dict[str, tuple[str, str]] = {
     "volume": ("modalities.volumes.indexing", "index_volumes"),
     "ppg": ("modalities.wearables.indexing", "index_wearables"),
     "wearable": ("modalities.wearables.indexing", "index_wearables"),
+    "xray": ("modalities.xray.indexing", "index_xrays"),
 }
 
 
@@ -70,11 +73,12 @@ def _run_lightning_cli(command: str, cli_class: type, argv: Sequence[str]) -> An
     args = list(argv)
     if not args or args[0] not in (*LIGHTNING_SUBCOMMANDS, "-h", "--help"):
         args = ["fit", *args]
-    # LightningCLI reads sys.argv (and names itself after argv[0] in its usage lines).
+    # Lightning's DDP launcher starts the other local ranks by re-running `sys.executable sys.argv`
+    # (or `-m <__main__ module> sys.argv[1:]`): sys.argv must be the command line that got here.
     saved = sys.argv
-    sys.argv = [f"medcl {command}", *args]
+    sys.argv = [saved[0] if saved else "medcl", command, *args]
     try:
-        return cli_class()
+        return cli_class(args=args, parser_kwargs={"prog": f"medcl {command}"})
     finally:
         sys.argv = saved
 
@@ -99,7 +103,12 @@ def run_finetune(argv: Sequence[str]) -> int:
 
     cli = _run_lightning_cli("finetune", finetune_cli_class(argv), argv)
     if cli is not None and cli.subcommand == "fit" and cli.datamodule.test_dataloader():
-        cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best" if _has_best(cli) else None)
+        cli.trainer.test(
+            cli.model,
+            datamodule=cli.datamodule,
+            ckpt_path="best" if _has_best(cli) else None,
+            weights_only=True,
+        )
     return 0
 
 
@@ -122,7 +131,8 @@ def _index_parser() -> argparse.ArgumentParser:
         "--dataset",
         default="auto",
         help="layout: ptbxl, mitdb, eegmat, folder (signals); msd, btcv, csv, paired (volumes); bidmc, "
-        "participants (ppg/wearable: 60 s segments checked for NaN, flat, clipping, motion); or auto "
+        "participants (ppg/wearable: 60 s segments checked for NaN, flat, clipping, motion); covid_cxr, "
+        "mimic_cxr, chexpert, nih (xray: every image decoded and checked); or auto "
         "(detected from the files; default)",
     )
     parser.add_argument("--channels", nargs="+", default=None, help="channels every recording must have")
@@ -134,7 +144,8 @@ def _index_parser() -> argparse.ArgumentParser:
         "--table",
         default=None,
         help="folder layout: CSV with path, patient_id[, label]; volume csv layout: CSV with patient_id, "
-        "study_id, image[, mask]",
+        "study_id, image[, mask]; xray chexpert/nih: the label table (train.csv, valid.csv, "
+        "Data_Entry_2017.csv)",
     )
     return parser
 
@@ -147,7 +158,7 @@ def run_index(argv: Sequence[str]) -> int:
     index, save = getattr(module, function_name), module.save_index
     builder_kwargs: dict[str, Any] = {}
     if args.table is not None:
-        builder_kwargs["table"] = args.table
+        builder_kwargs["csv" if args.modality == "xray" else "table"] = args.table
     started = time.monotonic()
 
     def progress(done: int, total: int) -> None:
@@ -159,7 +170,7 @@ def run_index(argv: Sequence[str]) -> int:
                 flush=True,
             )
 
-    if args.modality == "volume":
+    if args.modality in ("volume", "xray"):
         if args.channels is not None or args.max_nan_fraction or args.allow_flat:
             _index_parser().error("--channels, --max-nan-fraction and --allow-flat are signal options")
         result = index(args.dataset, args.root, progress=progress, **builder_kwargs)

@@ -1,10 +1,23 @@
-"""Rebuilding modules from checkpoints without unpickling code.
+"""Rebuilding modules from checkpoints without unpickling code, and the class-path allow-list.
 
 A checkpoint must be loadable with ``torch.load(..., weights_only=True)``, so it cannot hold pickled
 modules. Instead, a module that inherits :class:`Configurable` records the arguments of its
 constructor; :func:`module_spec` turns it into ``{"class_path": ..., "init_args": {...}}`` (plain JSON
 types only), and :func:`instantiate_spec` rebuilds it — only for classes of medcl's own packages or of
 an explicit allow-list, so a checkpoint or config can never make us import arbitrary code.
+
+The allow-list lives here, in one place:
+
+- :data:`ALLOWED_PREFIXES`: medcl's own packages. Checkpoint specs may name only these.
+- :data:`CONFIG_ALLOWED_THIRD_PARTY`: the third-party classes the shipped configs need (Lightning's
+  callbacks, the CSV and TensorBoard loggers, Lightning's strategies). ``medcl pretrain`` and
+  ``medcl finetune`` configs may name these and medcl's own classes, nothing else
+  (:func:`config_allow_list`); a user extends the list only explicitly, one
+  ``--allow_class_path PREFIX`` per entry on the command line (never from a config file).
+
+An entry is a dotted path that allows itself and everything under it, matched whole component by
+component: ``lightning.pytorch.callbacks`` allows ``lightning.pytorch.callbacks.ModelCheckpoint``, not
+``lightning.pytorch.callbacks_evil.X``. A trailing dot (``"medcl."``) means the same as none.
 """
 
 from __future__ import annotations
@@ -13,15 +26,44 @@ import functools
 import importlib
 import inspect
 import json
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from medcl.errors import ConfigError
 
-__all__ = ["ALLOWED_PREFIXES", "Configurable", "check_class_path", "instantiate_spec", "module_spec"]
+__all__ = [
+    "ALLOWED_PREFIXES",
+    "ALLOW_FLAG",
+    "CONFIG_ALLOWED_THIRD_PARTY",
+    "Configurable",
+    "check_class_path",
+    "class_paths_in",
+    "config_allow_list",
+    "instantiate_spec",
+    "is_allowed",
+    "module_spec",
+]
 
-#: Module prefixes whose classes a checkpoint or config may name.
+#: Module prefixes whose classes a checkpoint or config may name: medcl's own packages.
 ALLOWED_PREFIXES: tuple[str, ...] = ("medcl.", "modalities.", "tasks.", "export.")
+
+#: Third-party classes (or whole packages of them) that ``medcl pretrain|finetune`` configs may name
+#: besides medcl's own: what ``configs/**/*.yaml`` and the multi-node docs use. Re-exported classes are
+#: listed under both their public and their defining module (jsonargparse checks both).
+CONFIG_ALLOWED_THIRD_PARTY: tuple[str, ...] = (
+    "lightning.pytorch.callbacks",  # ModelCheckpoint, LearningRateMonitor, EarlyStopping, ...
+    "lightning.pytorch.loggers.CSVLogger",
+    "lightning.pytorch.loggers.csv_logs.CSVLogger",
+    "lightning.pytorch.loggers.TensorBoardLogger",
+    "lightning.pytorch.loggers.tensorboard.TensorBoardLogger",
+    "lightning.pytorch.strategies",  # DDPStrategy(...) for multi-node runs
+)
+
+#: The command-line option of ``medcl pretrain|finetune`` that extends the config allow-list.
+ALLOW_FLAG = "--allow_class_path"
+
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
 class Configurable:
@@ -83,17 +125,89 @@ def module_spec(module: Any) -> dict[str, Any] | None:
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
 
 
-def check_class_path(class_path: str, allowed: Iterable[str] = ALLOWED_PREFIXES) -> None:
-    """Raise :class:`ConfigError` unless ``class_path`` lies under an allowed module prefix."""
-    if not any(class_path.startswith(prefix) for prefix in allowed):
+def is_allowed(class_path: str, allowed: Iterable[str] = ALLOWED_PREFIXES) -> bool:
+    """Whether ``class_path`` is an allow-list entry or lies under one (whole dotted components)."""
+    for entry in allowed:
+        base = entry.rstrip(".")
+        if class_path == base or class_path.startswith(base + "."):
+            return True
+    return False
+
+
+def check_class_path(
+    class_path: str, allowed: Iterable[str] = ALLOWED_PREFIXES, source: str | None = None
+) -> None:
+    """Raise :class:`ConfigError` unless ``class_path`` lies under an allowed module prefix.
+
+    Args:
+        class_path: the dotted path a checkpoint or config names.
+        allowed: allow-list entries (:func:`is_allowed`).
+        source: where the path was found (a config file and key, a command-line argument), for the
+            message.
+    """
+    allowed = tuple(allowed)
+    if not is_allowed(class_path, allowed):
+        where = f" ({source})" if source else ""
+        names = ", ".join(_display(allowed))
         raise ConfigError(
-            f"refusing to instantiate {class_path!r}: only classes under {', '.join(allowed)} can be named "
-            "in checkpoints and configs"
+            f"refusing to instantiate {class_path!r}{where}: only classes under {names} can be named "
+            f"in checkpoints and configs (trust more with {ALLOW_FLAG} PREFIX on the command line)"
         )
 
 
+def _display(allowed: Iterable[str]) -> list[str]:
+    """Allow-list entries for a message: without trailing dots and without the defining-module twins
+    of re-exported classes (``lightning.pytorch.loggers.csv_logs.CSVLogger``)."""
+    shown: list[str] = []
+    for entry in (e.rstrip(".") for e in allowed):
+        if not any(entry.rsplit(".", 1)[-1] == s.rsplit(".", 1)[-1] for s in shown):
+            shown.append(entry)
+    return shown
+
+
+def config_allow_list(extra: Iterable[str] = ()) -> tuple[str, ...]:
+    """What a ``medcl pretrain|finetune`` config may name: medcl's packages, the third-party classes our
+    configs need, and the user's explicit ``extra`` entries (dotted paths; checked).
+
+    Raises:
+        ConfigError: an ``extra`` entry that is not a dotted Python path.
+    """
+    entries = []
+    for entry in extra:
+        base = str(entry).rstrip(".")
+        if not _DOTTED.match(base):
+            raise ConfigError(
+                f"{ALLOW_FLAG} {entry!r}: expected a dotted Python path such as mypackage.callbacks or "
+                "mypackage.callbacks.MyCallback"
+            )
+        entries.append(base)
+    return (*ALLOWED_PREFIXES, *CONFIG_ALLOWED_THIRD_PARTY, *entries)
+
+
+def class_paths_in(tree: Any, where: str = "") -> Iterator[tuple[str, str]]:
+    """Every ``class_path`` (and Lightning's ``_class_path``) string value in a parsed config tree.
+
+    Yields:
+        ``(key, class_path)``, ``key`` the dotted location (``trainer.callbacks[0].class_path``).
+    """
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            here = f"{where}.{key}" if where else str(key)
+            if key in ("class_path", "_class_path") and isinstance(value, str):
+                yield here, value
+            else:
+                yield from class_paths_in(value, here)
+    elif isinstance(tree, (list, tuple)):
+        for i, value in enumerate(tree):
+            yield from class_paths_in(value, f"{where}[{i}]")
+
+
 def instantiate_spec(spec: dict[str, Any], allowed: Iterable[str] = ALLOWED_PREFIXES) -> Any:
-    """Rebuild an object from :func:`module_spec` output, for allowed class paths only."""
+    """Rebuild an object from :func:`module_spec` output, for allowed class paths only.
+
+    Both the named path and the class's defining module must be allowed, so a name that reaches a
+    foreign class through an allowed module (``medcl.something.subprocess.Popen``) is refused.
+    """
     if not isinstance(spec, dict) or "class_path" not in spec:
         raise ConfigError(f"not a class spec: {spec!r}")
     class_path = str(spec["class_path"])
@@ -108,4 +222,10 @@ def instantiate_spec(spec: dict[str, Any], allowed: Iterable[str] = ALLOWED_PREF
         raise ConfigError(f"cannot import {class_path!r}: {error}") from error
     if not inspect.isclass(target):
         raise ConfigError(f"{class_path!r} is not a class")
+    defined = f"{target.__module__}.{target.__qualname__}"
+    if not is_allowed(defined, allowed):
+        raise ConfigError(
+            f"refusing to instantiate {class_path!r}: it is {defined!r}, a class from outside "
+            f"{', '.join(_display(allowed))}"
+        )
     return target(**dict(spec.get("init_args") or {}))

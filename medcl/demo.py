@@ -356,10 +356,17 @@ def _export_and_check(
         ),
         "parity": metadata["parity"],
         "records": len(paths),
-        "record_paths": paths,
+        "record_list": _write_file_list(out / "export_records.csv", {"path": paths}),
         "max_abs_difference": worst,
-        "predict_command": f"medcl predict --model {model_path} " + " ".join(f"{p}.hea" for p in paths[:2]),
+        "predict_command": f"medcl predict --model {model_path} RECORD.hea [RECORD.hea ...]",
     }
+
+
+def _write_file_list(path: Path, columns: dict[str, list[str]]) -> str:
+    """Write the files a report step used as a CSV next to the report; return its name. Reports give
+    counts only: record and volume names can identify patients (``medcl.errors.LOG_IDS_ENV``)."""
+    pd.DataFrame(columns).to_csv(path, index=False)
+    return path.name
 
 
 def _plot_label_efficiency(summary: pd.DataFrame, path: Path) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 import medcl
-from medcl.demo import _cpu_count, _fmt, _json_default, _say, _torch_version
+from medcl.demo import _cpu_count, _fmt, _json_default, _say, _torch_version, _write_file_list
 
 __all__ = ["VolumeDemoSettings", "run_volume_demo"]
 
@@ -284,11 +284,12 @@ def _export_and_check(
         ),
         "parity": parity,
         "volumes": len(paths),
-        "volume_paths": paths,
-        "masks": [str(m) for m in masks],
+        "volume_list": _write_file_list(
+            out / "export_volumes.csv", {"path": paths, "mask": [str(m) for m in masks]}
+        ),
         "voxel_agreement": agree / max(total, 1),
         "predictor_dice_vs_reference": dice_vs_reference,
-        "predict_command": f"medcl predict --model {model_path} {paths[0]} --out {out / 'masks'}",
+        "predict_command": f"medcl predict --model {model_path} VOLUME.nii.gz [...] --out {out / 'masks'}",
     }
 
 

@@ -9,9 +9,12 @@ traceback from deep inside a library for a bad file.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = [
+    "LOG_IDS_ENV",
     "ConfigError",
     "CorruptFileError",
     "DataError",
@@ -22,7 +25,23 @@ __all__ = [
     "SplitLeakError",
     "TooManyBadSamplesError",
     "UnsupportedFormatError",
+    "shown_ids",
 ]
+
+#: Patient identifiers stay out of messages, logs and reports (they give counts) unless the user sets
+#: this environment variable to ``1``. Per-patient records the user needs (manifests, ``splits.csv``,
+#: ``quarantine.csv``) are written only into the run or output folder.
+LOG_IDS_ENV = "MEDCL_LOG_IDS"
+
+
+def shown_ids(ids: Iterable[object], limit: int = 5) -> str:
+    """The part of a message that names patients: ``" (e.g. 15709, 13243)"`` when the user opted in with
+    ``MEDCL_LOG_IDS=1``, else how to opt in (the message itself gives the count)."""
+    if os.environ.get(LOG_IDS_ENV, "") != "1":
+        return f" (set {LOG_IDS_ENV}=1 to name them)"
+    ids = list(ids)
+    more = ", ..." if len(ids) > limit else ""
+    return f" (e.g. {', '.join(str(i) for i in ids[:limit])}{more})"
 
 
 class MedclError(Exception):
@@ -78,7 +97,17 @@ class InvalidVolumeError(DataError):
 
 
 class SplitLeakError(MedclError, ValueError):
-    """A patient appears in more than one data split."""
+    """A patient appears in more than one data split.
+
+    Attributes:
+        patient_ids: the leaking patients (the message gives their number; see :data:`LOG_IDS_ENV`).
+    """
+
+    patient_ids: list[str]
+
+    def __init__(self, message: str, patient_ids: Iterable[object] = ()) -> None:
+        super().__init__(message)
+        self.patient_ids = [str(p) for p in patient_ids]
 
 
 class TooManyBadSamplesError(MedclError):

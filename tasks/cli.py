@@ -4,7 +4,9 @@ One command serves both tasks; :func:`finetune_cli_class` picks the front end fr
 classification config has a plain ``model:`` section (the model class is fixed:
 :class:`ClassificationModule`, as before); a segmentation config names its model,
 ``model: {class_path: tasks.segmentation.SegmentationModule, init_args: {...}}``, and gets
-:class:`SegmentationCLI`. Overrides read the same for both (``--model.encoder_ckpt PATH``).
+:class:`SegmentationCLI`. Overrides read the same for both (``--model.encoder_ckpt PATH``). Both
+import and instantiate only allow-listed classes (:class:`medcl.training.cli.AllowListCLI`; extend the
+list with ``--allow_class_path PREFIX``).
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from typing import Any
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from medcl.training.cli import AllowListCLI
 from tasks.classification import ClassificationModule
 from tasks.data import ClassificationDataModule
 
 __all__ = ["FinetuneCLI", "SegmentationCLI", "finetune_cli_class"]
 
 
-class FinetuneCLI(LightningCLI):
+class FinetuneCLI(AllowListCLI):
     """``fit``/``validate``/``test`` of :class:`ClassificationModule` on a :class:`ClassificationDataModule`.
 
     Classes, task type and input key come from the data module (linked on instantiation); the
@@ -47,7 +50,7 @@ class FinetuneCLI(LightningCLI):
         parser.link_arguments("data.input_key", "model.input_key", apply_on="instantiate")
 
 
-class SegmentationCLI(LightningCLI):
+class SegmentationCLI(AllowListCLI):
     """``fit``/``validate``/``test`` of ``tasks.segmentation.SegmentationModule`` on a
     ``tasks.segmentation_data.SegmentationDataModule``.
 

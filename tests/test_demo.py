@@ -62,7 +62,7 @@ def test_quick_demo_writes_the_report_json_and_plots(tmp_path: Path) -> None:
             "predict",
             "--model",
             str(out / "model.onnx"),
-            *[f"{p}.hea" for p in exported["record_paths"][:2]],
+            *[f"{p}.hea" for p in pd.read_csv(out / exported["record_list"])["path"][:2]],
         ],
         capture_output=True,
         text=True,
@@ -104,8 +104,9 @@ def test_quick_volume_demo_writes_the_report_and_a_mask_equal_to_torch(tmp_path:
     assert exported["parity"]["random"]["passed"] and exported["parity"]["volume"]["passed"]
     assert exported["volumes"] == 3 and exported["voxel_agreement"] >= 0.999
     # a written mask is on its input's grid
-    image = nib.load(exported["volume_paths"][0])
-    mask = nib.load(exported["masks"][0])
+    checked = pd.read_csv(out / exported["volume_list"])  # the report itself names no volume
+    image = nib.load(checked["path"][0])
+    mask = nib.load(checked["mask"][0])
     assert mask.shape == image.shape and np.allclose(mask.affine, image.affine)
     for name in report["plots"]:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name

@@ -23,13 +23,23 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch.utils.data import DataLoader
 
 import medcl
+from medcl.data import contract
 from medcl.data.adapter import Adapter, IndexedData
-from medcl.data.dataset import ManifestDataset, collate_skipping
-from medcl.data.sampler import GroupedBatchSampler
+from medcl.data.dataset import ManifestDataset, SkipTracker, collate_skipping
+from medcl.data.sampler import GroupedBatchSampler, ResumableDataLoader
 from medcl.data.splits import SPLITS, SplitConfig, assign_splits, load_splits, save_splits, verify_disjoint
 from medcl.errors import ConfigError
 
 __all__ = ["ManifestDataModule", "PretrainDataModule"]
+
+#: the data split each trainer stage reads
+_STAGE_SPLITS = {
+    "train": "train",
+    "validate": "val",
+    "sanity_check": "val",
+    "test": "test",
+    "predict": "predict",
+}
 
 
 class ManifestDataModule(L.LightningDataModule):
@@ -44,6 +54,13 @@ class ManifestDataModule(L.LightningDataModule):
         on_error: ``"raise"`` (default) or ``"skip"`` for samples that fail to load.
         use_labels: load labels when the adapter has classes.
         run_dir: where to write the data record; default: the trainer's ``log_dir``.
+        max_skip_fraction: with ``on_error="skip"``, the run stops with
+            :class:`~medcl.errors.TooManyBadSamplesError` once more than this fraction of a split is known
+            to be bad (its failed samples, or, earlier, a failure rate of the recordings drawn so far that
+            is above it with 99.9 % confidence). Every bad file is logged once with its reason, every skip
+            is counted (metrics ``data/skipped`` over the run and ``data/skipped_epoch`` for training,
+            ``data/skipped_<split>`` for the others) and every bad sample is written to
+            ``skipped_samples.csv`` in the run folder (see :class:`~medcl.data.dataset.SkipTracker`).
 
     Subclasses may filter the sample table in :meth:`select_samples` and define the loaders.
     """
@@ -58,6 +75,7 @@ class ManifestDataModule(L.LightningDataModule):
         on_error: str = "raise",
         use_labels: bool = True,
         run_dir: str | None = None,
+        max_skip_fraction: float = 0.05,
     ) -> None:
         super().__init__()
         if on_error not in ("raise", "skip"):
@@ -74,6 +92,9 @@ class ManifestDataModule(L.LightningDataModule):
         self.on_error = on_error
         self.use_labels = use_labels
         self.run_dir = run_dir
+        self.max_skip_fraction = max_skip_fraction
+        #: the skipped-sample ledger of this process (its report goes to the run folder at setup)
+        self.skips = SkipTracker(max_skip_fraction)
         self.n_views = 0
         #: set by a BatchObjective's training module (see PretrainModule.setup): replaces the views
         self.item_transform: Any = None
@@ -105,6 +126,7 @@ class ManifestDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Index, split and segment once (idempotent); write and verify the data record."""
+        self._place_skip_report()
         if self.indexed is not None:
             return
         indexed = self.adapter.index()
@@ -130,6 +152,41 @@ class ManifestDataModule(L.LightningDataModule):
             self._write_record(run_dir, trials, indexed, assignment)
             self._verify_saved_split(run_dir, assignment)
         rank_zero_info(self.describe())
+
+    def _place_skip_report(self) -> None:
+        """Put the skip report in the run folder (one file per rank beyond the first)."""
+        run_dir = self._resolve_run_dir()
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        name = "skipped_samples.csv" if rank == 0 else f"skipped_samples_rank{rank}.csv"
+        self.skips.report_path = run_dir / name if run_dir is not None else None
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Account for the samples skipped in this batch (``on_error="skip"``): log, count, report, and
+        stop past ``max_skip_fraction`` (:class:`~medcl.data.dataset.SkipTracker`)."""
+        if not isinstance(batch, dict) or contract.N_SKIPPED not in batch:
+            return batch
+        trainer = self.trainer
+        stage = trainer.state.stage if trainer is not None else None
+        split = _STAGE_SPLITS.get(str(getattr(stage, "value", stage)), "train")
+        epoch = trainer.current_epoch if trainer is not None else 0
+        step = trainer.global_step if trainer is not None else 0
+        sanity = trainer is not None and trainer.sanity_checking
+        n = self.skips.update(batch, split, epoch=epoch, step=step, count=not sanity)
+        if n and not sanity and trainer is not None and trainer.loggers:
+            if split == "train":
+                metrics = {
+                    "data/skipped": self.skips.total["train"],
+                    "data/skipped_epoch": self.skips.in_epoch["train"],
+                }
+            else:
+                metrics = {f"data/skipped_{split}": self.skips.total[split]}
+            for logger in trainer.loggers:
+                logger.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        return batch
+
+    def teardown(self, stage: str) -> None:
+        if any(self.skips.total.values()) or self.skips.first:
+            rank_zero_info(self.skips.summary())
 
     @rank_zero_only
     def _write_record(
@@ -223,6 +280,8 @@ class PretrainDataModule(ManifestDataModule):
         on_error: ``"raise"`` (default) or ``"skip"`` for samples that fail to load.
         use_labels: load labels (for the online linear probe) when the adapter has classes.
         run_dir: where to write the data record; default: the trainer's ``log_dir``.
+        max_skip_fraction: with ``on_error="skip"``, the fraction of a split's samples allowed to fail
+            before the run stops (see :class:`ManifestDataModule`).
     """
 
     def __init__(
@@ -238,8 +297,11 @@ class PretrainDataModule(ManifestDataModule):
         on_error: str = "raise",
         use_labels: bool = True,
         run_dir: str | None = None,
+        max_skip_fraction: float = 0.05,
     ) -> None:
-        super().__init__(adapter, batch_size, split, seed, num_workers, on_error, use_labels, run_dir)
+        super().__init__(
+            adapter, batch_size, split, seed, num_workers, on_error, use_labels, run_dir, max_skip_fraction
+        )
         self.samples_per_trial = samples_per_trial
         self.trials_per_patient = trials_per_patient
         self.n_views = n_views
@@ -270,7 +332,8 @@ class PretrainDataModule(ManifestDataModule):
             shuffle=shuffle,
             drop_last=shuffle,
         )
-        return DataLoader(
+        # Resumable: a run resumed from a mid-epoch checkpoint continues after the last trained batch.
+        return ResumableDataLoader(
             dataset,
             batch_sampler=sampler,
             collate_fn=collate_skipping,

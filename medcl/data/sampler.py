@@ -17,19 +17,29 @@ the same number of batches (required: the loss gathers across ranks at every ste
 It yields lists of ``(index, epoch)`` keys; :class:`medcl.data.ManifestDataset` uses the epoch to seed
 the sample's random views, so augmentations depend only on (seed, epoch, index): the same on any
 number of workers, and after a resume.
+
+Resuming in the middle of an epoch: Lightning restores the loops' counters from a checkpoint but, for a
+plain ``DataLoader``, starts the epoch's batches again from the first one (so a run resumed after
+batch ``k`` trains on batches ``0, 1, ...`` of that epoch under the batch indices ``k, k+1, ...``).
+It saves and restores the position of a loader that has ``state_dict``/``load_state_dict``:
+:class:`ResumableDataLoader` is that loader. It counts the batches it has handed to the training loop
+(not those its workers have prefetched) and, on resume, makes the sampler start the saved epoch at the
+next batch, so the sequence of ``(epoch, batch, keys)`` continues exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
-from torch.utils.data import Sampler
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from medcl import dist
 from medcl.errors import ConfigError
 
-__all__ = ["GroupedBatchSampler"]
+__all__ = ["GroupedBatchSampler", "ResumableDataLoader"]
 
 
 def _codes(values: np.ndarray) -> np.ndarray:
@@ -100,6 +110,9 @@ class GroupedBatchSampler(Sampler[list[tuple[int, int]]]):
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.epoch = 0
+        #: ``(epoch, first batch)`` of the pass in progress (or last made); set when a pass starts.
+        self.current_pass: tuple[int, int] = (0, 0)
+        self._resume: tuple[int, int] | None = None
         # Lightning sets the epoch of `dataloader.sampler` and `dataloader.batch_sampler.sampler` only,
         # never of a batch sampler itself: this relay is how the epoch reaches us.
         self.sampler = _EpochRelay(self)
@@ -121,6 +134,16 @@ class GroupedBatchSampler(Sampler[list[tuple[int, int]]]):
         """Select the epoch whose plan :meth:`__iter__` yields (Lightning calls this every epoch, through
         :attr:`sampler`)."""
         self.epoch = int(epoch)
+
+    def resume_at(self, epoch: int, batch: int) -> None:
+        """Make the next pass, if it is over ``epoch``, start at batch ``batch`` (0-based) instead of 0.
+
+        Applies once: the pass after that starts at 0 again. A pass over another epoch (e.g. when the
+        trainer moved on to the next epoch) ignores it.
+        """
+        if batch < 0:
+            raise ConfigError(f"the batch to resume at must be >= 0, got {batch}")
+        self._resume = (int(epoch), int(batch))
 
     def __len__(self) -> int:
         return self._num_batches
@@ -172,9 +195,15 @@ class GroupedBatchSampler(Sampler[list[tuple[int, int]]]):
         return order[final]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        start = 0
+        if self._resume is not None:
+            if self._resume[0] == self.epoch:
+                start = min(self._resume[1], self._num_batches)
+            self._resume = None
+        self.current_pass = (self.epoch, start)
         epoch = self.epoch if self.shuffle else 0
         order = self.epoch_order(epoch)
-        for b in range(self._num_batches):
+        for b in range(start, self._num_batches):
             batch = order[b * self.batch_size : (b + 1) * self.batch_size]
             yield [(int(i), epoch) for i in batch]
 
@@ -191,3 +220,108 @@ class _EpochRelay:
 
     def __len__(self) -> int:
         return len(self.owner.patients)
+
+
+class ResumableDataLoader(DataLoader):
+    """A ``DataLoader`` over a :class:`GroupedBatchSampler` that Lightning can checkpoint and resume.
+
+    Lightning calls :meth:`state_dict` when it writes a checkpoint and :meth:`load_state_dict` before
+    it iterates again on resume (``FitLoop.setup_data``). The state is ``(epoch, batches_done)``: the
+    batches of ``epoch`` already handed to the caller, counted as they leave the loader, so batches
+    that worker processes prefetched but nobody consumed are not counted. On resume the sampler starts
+    that epoch at batch ``batches_done``; when the trainer goes on to the next epoch instead (the saved
+    epoch was complete, or ``limit_train_batches`` ended it early) the next epoch starts at batch 0.
+
+    The underlying iterator is made at the first ``next()``, not at ``iter()``: Lightning calls
+    ``iter()`` on resume *before* it sets the sampler's epoch, and worker processes draw their batch
+    plan as soon as their iterator exists.
+
+    :attr:`epoch_source`, when set, gives the epoch of every pass when the pass starts, overriding the
+    last ``set_epoch``. :class:`~medcl.training.checkpointing.ExactResume` sets it to the trainer's
+    ``current_epoch``: Lightning 2.6 calls ``set_epoch(epoch_progress.current.processed)``, which in a
+    ``max_steps`` run resumed from an end-of-epoch checkpoint is one ahead of ``current_epoch`` (the run
+    would skip one epoch's batch plan and views, and stay one epoch ahead of an uninterrupted run).
+
+    Args:
+        dataset: the map-style dataset (keys from the sampler).
+        batch_sampler: the grouped batch sampler.
+        **kwargs: other ``DataLoader`` arguments (``collate_fn``, ``num_workers``, ...).
+    """
+
+    def __init__(self, dataset: Dataset, batch_sampler: GroupedBatchSampler, **kwargs: Any) -> None:
+        if not isinstance(batch_sampler, GroupedBatchSampler):
+            raise ConfigError(
+                f"ResumableDataLoader needs a GroupedBatchSampler, got {type(batch_sampler).__name__}"
+            )
+        super().__init__(dataset, batch_sampler=batch_sampler, **kwargs)
+        self._grouped = batch_sampler
+        self._epoch = batch_sampler.epoch
+        self._batches_done = 0
+        #: where each pass gets its epoch from (None: the sampler's last ``set_epoch``)
+        self.epoch_source: Callable[[], int] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        return _CountingIterator(self)
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the next batch comes from, and what the batch plan was made from (plain ints, so the
+        checkpoint loads with ``weights_only=True``)."""
+        sampler = self._grouped
+        return {
+            "epoch": self._epoch,
+            "batches_done": self._batches_done,
+            "seed": sampler.seed,
+            "num_batches": len(sampler),
+            "batch_size": sampler.batch_size,
+            "num_replicas": sampler.num_replicas,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Continue after the saved position: the next pass over ``epoch`` starts at ``batches_done``.
+
+        If the batch plan cannot be the same (other seed, batch size, number of batches or ranks), a
+        warning says so and the epoch starts over from its first batch.
+        """
+        sampler = self._grouped
+        epoch, done = int(state_dict["epoch"]), int(state_dict["batches_done"])
+        ours = self.state_dict()
+        changed = [
+            f"{key} {state_dict[key]} -> {ours[key]}"
+            for key in ("seed", "num_batches", "batch_size", "num_replicas")
+            if key in state_dict and int(state_dict[key]) != ours[key]
+        ]
+        if changed:
+            rank_zero_warn(
+                "the checkpoint's batch plan was made with other data settings ("
+                + ", ".join(changed)
+                + f"); epoch {epoch} starts over from its first batch instead of batch {done}"
+            )
+            done = 0
+        self._epoch, self._batches_done = epoch, done
+        sampler.set_epoch(epoch)
+        sampler.resume_at(epoch, done)
+
+
+class _CountingIterator(Iterator[Any]):
+    """Iterates a :class:`ResumableDataLoader` and records its position after every batch."""
+
+    def __init__(self, loader: ResumableDataLoader) -> None:
+        self.loader = loader
+        self.inner: Iterator[Any] | None = None
+        self.first = True
+
+    def __iter__(self) -> _CountingIterator:
+        return self
+
+    def __next__(self) -> Any:
+        loader = self.loader
+        if self.inner is None:
+            if loader.epoch_source is not None:
+                loader._grouped.set_epoch(loader.epoch_source())
+            self.inner = DataLoader.__iter__(loader)
+        batch = next(self.inner)
+        if self.first:  # the sampler's pass has started by now (indices are drawn before loading)
+            self.first = False
+            loader._epoch, loader._batches_done = loader._grouped.current_pass
+        loader._batches_done += 1
+        return batch

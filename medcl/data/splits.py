@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medcl.errors import ConfigError, SplitLeakError
+from medcl.errors import ConfigError, SplitLeakError, shown_ids
 
 __all__ = [
     "SPLITS",
@@ -96,7 +96,8 @@ def verify_disjoint(assignment: pd.DataFrame) -> None:
         assignment: a frame with columns ``patient_id`` and ``split`` (any number of rows per patient).
 
     Raises:
-        SplitLeakError: naming how many patients leak and the first few of them.
+        SplitLeakError: saying how many patients leak (their ids in ``patient_ids``; named in the
+            message only with ``MEDCL_LOG_IDS=1``).
     """
     missing = {"patient_id", "split"} - set(assignment.columns)
     if missing:
@@ -107,11 +108,11 @@ def verify_disjoint(assignment: pd.DataFrame) -> None:
     per_patient = assignment.groupby("patient_id", sort=True)["split"].nunique()
     leaking = per_patient[per_patient > 1]
     if len(leaking):
-        shown = ", ".join(str(p) for p in leaking.index[:5])
         raise SplitLeakError(
-            f"{len(leaking)} patient(s) appear in more than one split (e.g. {shown}); a patient's "
-            "recordings must all be in one split. Split by patient (medcl.data.splits.assign_splits) "
-            "or fix the split file."
+            f"{len(leaking)} patient(s) appear in more than one split{shown_ids(leaking.index)}; a "
+            "patient's recordings must all be in one split. Split by patient "
+            "(medcl.data.splits.assign_splits) or fix the split file.",
+            patient_ids=leaking.index,
         )
 
 

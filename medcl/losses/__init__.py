@@ -2,6 +2,14 @@
 
 from medcl.losses.alignment import alignment, uniformity
 from medcl.losses.asymmetry import AsymmetryLoss, asymmetry_loss, asymmetry_loss_terms, flip_lr
+from medcl.losses.gaze import (
+    GazeAlignmentLoss,
+    GazeTerms,
+    gaze_alignment_loss,
+    gaze_alignment_loss_terms,
+    jensen_shannon,
+    pool_heatmaps_to_patches,
+)
 from medcl.losses.infonce import (
     InfoNCELoss,
     MultiPositiveInfoNCELoss,
@@ -32,6 +40,8 @@ from medcl.losses.voco import (
 
 __all__ = [
     "AsymmetryLoss",
+    "GazeAlignmentLoss",
+    "GazeTerms",
     "InfoNCELoss",
     "KoLeoLoss",
     "MultiPositiveInfoNCELoss",
@@ -45,11 +55,15 @@ __all__ = [
     "asymmetry_loss",
     "asymmetry_loss_terms",
     "flip_lr",
+    "gaze_alignment_loss",
+    "gaze_alignment_loss_terms",
     "info_nce_loss",
+    "jensen_shannon",
     "koleo_loss",
     "multi_positive_info_nce_loss",
     "nt_xent_loss",
     "paired_info_nce_loss",
+    "pool_heatmaps_to_patches",
     "supcon_loss",
     "ts2vec_hierarchical_loss",
     "ts2vec_instance_loss",

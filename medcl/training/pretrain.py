@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from medcl.checkpoints import run_record
 from medcl.configurable import module_spec
 from medcl.data import contract
-from medcl.errors import ConfigError, TooManyBadSamplesError
+from medcl.errors import ConfigError
 from medcl.losses.alignment import alignment, uniformity
 from medcl.objectives.base import BatchObjective, EncodedViews, Objective
 from medcl.training.schedule import warmup_cosine
@@ -41,9 +41,10 @@ class PretrainModule(L.LightningModule):
         probe_num_classes: classes of the online linear probe (None: no probe).
         probe_task: ``"multilabel"`` or ``"multiclass"``.
         probe_lr: learning rate of the probe.
-        max_skip_fraction: with ``on_error="skip"`` data, stop once more than this fraction of the
-            samples seen so far failed to load.
-        compile_encoder: run the encoder through ``torch.compile`` (weights and checkpoints unchanged).
+        compile_encoder: run the encoder through ``torch.compile`` (done in :meth:`configure_model`, so
+            only under a Trainer; the encoder is compiled in place and the checkpoint keys do not change).
+        compile_backend: the ``torch.compile`` backend (``"inductor"`` needs a C++ compiler on CPU;
+            ``"aot_eager"`` and ``"eager"`` trace without generating code).
     """
 
     def __init__(
@@ -56,8 +57,8 @@ class PretrainModule(L.LightningModule):
         probe_num_classes: int | None = None,
         probe_task: str | None = None,
         probe_lr: float = 1e-2,
-        max_skip_fraction: float = 0.05,
         compile_encoder: bool = False,
+        compile_backend: str = "inductor",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["encoder", "objective"])
@@ -75,8 +76,6 @@ class PretrainModule(L.LightningModule):
             )
         if probe_num_classes is not None and probe_task not in ("multilabel", "multiclass"):
             raise ConfigError(f"probe_task must be 'multilabel' or 'multiclass', got {probe_task!r}")
-        if not 0.0 <= max_skip_fraction <= 1.0:
-            raise ConfigError(f"max_skip_fraction must be in [0, 1], got {max_skip_fraction}")
         self.encoder = encoder
         self.objective = objective
         objective.bind(embedding_dim)
@@ -98,9 +97,15 @@ class PretrainModule(L.LightningModule):
                     num_classes=probe_num_classes, average="macro"
                 )
             )
-        self._encode_fn = torch.compile(encoder) if compile_encoder else encoder
-        self._seen = 0
-        self._skipped = 0
+        if compile_encoder:
+            import torch._dynamo
+
+            backends = torch._dynamo.list_backends(exclude_tags=())
+            if compile_backend not in backends:
+                raise ConfigError(f"compile_backend must be one of {backends}, got {compile_backend!r}")
+        # Set by configure_model() when compile_encoder is on (a function, not a submodule).
+        self._compiled = False
+        self._compiled_features: Any = None
 
     # ----------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -117,12 +122,28 @@ class PretrainModule(L.LightningModule):
             # The objective makes its own inputs from every sample (crops, mirror images): tell the data.
             datamodule.item_transform = self.objective.item_transform(adapter.input_key)
 
+    def configure_model(self) -> None:
+        """Compile the encoder when ``compile_encoder`` is on (once; the Trainer calls this per stage).
+
+        ``nn.Module.compile`` works in place, so ``state_dict`` keys keep their names (no ``_orig_mod.``)
+        and every ``encoder(x)`` call, the objectives' included, runs the compiled graph;
+        ``forward_features`` (called directly for objectives that need features) is compiled separately.
+        """
+        if not self.hparams.get("compile_encoder") or self._compiled:
+            return
+        backend = self.hparams.get("compile_backend", "inductor")
+        self.encoder.compile(backend=backend)
+        if self.objective.needs_features and hasattr(self.encoder, "forward_features"):
+            self._compiled_features = torch.compile(self.encoder.forward_features, backend=backend)
+        self._compiled = True
+
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """Pooled embeddings ``(N, D)`` and, if the objective needs them, features ``(N, T, D)``."""
         if self.objective.needs_features:
-            features = self.encoder.forward_features(x)
+            forward_features = self._compiled_features or self.encoder.forward_features
+            features = forward_features(x)
             return self.encoder.pool(features), features
-        return self._encode_fn(x), None
+        return self.encoder(x), None
 
     def forward(self, x: Tensor) -> Tensor:
         """Pooled embeddings of a batch of inputs: ``(B, C, ...) → (B, D)``."""
@@ -130,13 +151,13 @@ class PretrainModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------------------------
     def _step(self, batch: dict[str, Any], stage: str) -> Tensor | None:
-        skipped = int(batch.get(contract.N_SKIPPED, 0))
+        # Samples skipped with on_error="skip" are logged, counted and limited by the data module
+        # (ManifestDataModule.max_skip_fraction); a batch in which every sample failed has no inputs: the
+        # step returns None, so there is no backward pass and the weights stay as they were.
         views = batch.get(contract.VIEWS)
         n_loaded = 0 if views is None else int(views.shape[0])
         if isinstance(self.objective, BatchObjective):
             n_loaded = len(batch.get(contract.INDEX, []))
-        if stage == "train":
-            self._account_skips(n_loaded, skipped)
         if isinstance(self.objective, BatchObjective):
             return self._batch_objective_step(batch, stage, n_loaded)
         if views is None:
@@ -227,20 +248,6 @@ class PretrainModule(L.LightningModule):
             self.probe_auroc.update(scores.detach(), target_int)
         return loss
 
-    def _account_skips(self, loaded: int, skipped: int) -> None:
-        self._seen += loaded + skipped
-        self._skipped += skipped
-        if skipped:
-            self.log(
-                "train/skipped_samples", float(self._skipped), on_step=True, on_epoch=False, batch_size=1
-            )
-        limit = self.hparams["max_skip_fraction"]
-        if self._skipped and self._skipped > limit * self._seen:
-            raise TooManyBadSamplesError(
-                f"{self._skipped} of {self._seen} samples failed to load (more than max_skip_fraction="
-                f"{limit}); the log names each file and reason"
-            )
-
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         return self._step(batch, "train")
 
@@ -280,6 +287,19 @@ class PretrainModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ----------------------------------------------------------------------------------------------
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Drop the duplicate ``_encode_fn.*`` copy of the encoder weights that older checkpoints hold
+        (the eager encoder used to be registered twice), so resuming from them still loads strictly."""
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("_encode_fn.")]:
+            del state[key]
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Add what downstream code needs to rebuild the encoder without pickled objects."""
         checkpoint["medcl"] = {**run_record(self, self.encoder), "objective": module_spec(self.objective)}
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """Exact resume: per-batch seeding, atomic checkpoints (:mod:`medcl.training.checkpointing`)."""
+        from medcl.training.checkpointing import ExactResume
+
+        return [ExactResume()]

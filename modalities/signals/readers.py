@@ -23,7 +23,6 @@ per data record) are resampled to the highest rate among the returned channels w
 
 from __future__ import annotations
 
-import gzip
 import math
 import re
 import zlib
@@ -50,7 +49,9 @@ from medcl.errors import (
 from modalities.signals.record import SignalRecord
 
 __all__ = [
+    "FS_RANGE",
     "SignalHeader",
+    "check_no_infinite",
     "normalize_channel_name",
     "read_csv_signal",
     "read_edf",
@@ -180,6 +181,45 @@ class SignalHeader:
     @property
     def duration_s(self) -> float:
         return self.n_samples / self.fs
+
+
+#: sampling rates a physiological recording can have, in Hz (outside: a corrupted header or time column)
+FS_RANGE: tuple[float, float] = (1e-6, 1e6)
+
+
+def _check_rate(path: str | Path, fs: float, source: str) -> float:
+    """``fs`` if it lies in :data:`FS_RANGE`, else a CorruptFileError naming ``source`` (its origin)."""
+    if not FS_RANGE[0] <= fs <= FS_RANGE[1]:
+        raise CorruptFileError(
+            path,
+            f"{source} gives a sampling rate of {fs:.6g} Hz, outside any physiological recording's "
+            f"{FS_RANGE[0]:g} Hz to {FS_RANGE[1]:g} Hz",
+            hint="the header (or time column) is corrupted; repair it or re-export the recording",
+        )
+    return fs
+
+
+def check_no_infinite(path: str | Path, data: np.ndarray, channel_names: Sequence[str]) -> np.ndarray:
+    """Return ``data`` ``(C, T)`` (float32, as readers return it) after checking that no sample is
+    infinite: readers return finite values or NaN (invalid samples). An infinite sample comes from a
+    broken file: a gain or physical range that overflows (also when float64 values exceed float32), or
+    ``inf`` written in a table.
+
+    Raises:
+        CorruptFileError: naming the first channel with infinite values and how many there are.
+    """
+    infinite = np.isinf(data)
+    if infinite.any():
+        per_channel = infinite.sum(axis=1)
+        first = int(np.flatnonzero(per_channel)[0])
+        raise CorruptFileError(
+            path,
+            f"channel {channel_names[first]!r} has {int(per_channel[first])} infinite sample(s) "
+            f"({int(np.count_nonzero(per_channel))} channel(s) affected): the header's gain or physical "
+            "range overflows, or the file holds infinite values",
+            hint="repair the channel's scaling in the header, or mark invalid samples as missing (NaN)",
+        )
+    return data
 
 
 # --------------------------------------------------------------------------------------------------
@@ -340,6 +380,7 @@ def _read_wfdb_header(base: Path) -> _WfdbHeader:
         fields["name"].append(signal["sig_name"].strip())
     if not fs > 0 or min(fields["spf"], default=1) < 1:
         raise CorruptFileError(hea, f"WFDB header declares a sampling frequency of {fs} Hz")
+    _check_rate(hea, fs * max(fields["spf"], default=1), "the WFDB header")
     return _WfdbHeader(
         n_seg,
         fs,
@@ -433,6 +474,10 @@ def _wfdb_checked_header(path: str | Path) -> tuple[Path, _WfdbHeader, int]:
     frames = _wfdb_frames_in_file(header, base)
     if frames is None:
         raise CorruptFileError(_hea_path(base), "the header gives no length and no data file to infer it")
+    if frames == 0:
+        raise CorruptFileError(
+            _hea_path(base), "the record holds no samples (its length is 0 or its .dat is empty)"
+        )
     return base, header, frames
 
 
@@ -507,7 +552,9 @@ def read_wfdb(
     else:
         data = np.asarray(rec.p_signal, dtype=np.float64).T[[position[ch] for ch in indices]]
     start = int(sampfrom) - frame_from * per_frame
-    data = np.ascontiguousarray(data[:, start : start + stop - int(sampfrom)], dtype=np.float32)
+    with np.errstate(over="ignore"):
+        data = np.ascontiguousarray(data[:, start : start + stop - int(sampfrom)], dtype=np.float32)
+    check_no_infinite(_hea_path(base), data, [names[i] for i in indices])
     units = tuple(
         "" if rec.units[position[i]] in (None, "NU") else str(rec.units[position[i]]) for i in indices
     )
@@ -634,8 +681,17 @@ def _parse_edf_header(path: Path) -> _EdfHeader:
         _edf_number(path, field(216, 8, i), f"samples per record of signal {labels[i]!r}", int)
         for i in range(ns)
     )
-    if duration <= 0 and any(spr):
+    if min(spr) < 0:
+        raise CorruptFileError(path, f"EDF header declares a negative number of samples per record {spr}")
+    if n_records < -1:
+        raise CorruptFileError(path, f"EDF header declares {n_records} data records")
+    if any(spr) and not (math.isfinite(duration) and duration > 0 and math.isfinite(max(spr) / duration)):
         raise CorruptFileError(path, f"EDF header declares a data record duration of {duration} s")
+    if any(spr):
+        _check_rate(path, max(spr) / duration, "the EDF header (samples per record / record duration)")
+    for i, label in enumerate(labels):
+        if label not in ("EDF Annotations", "BDF Annotations"):
+            _check_edf_scaling(path, label, *(field(offset, 8, i) for offset in (104, 112, 120, 128)))
     header = _EdfHeader(file_type, header_bytes, n_records, duration, labels, units, spr, size)
     if n_records >= 0:
         expected = header_bytes + n_records * sum(spr) * header.bytes_per_sample
@@ -648,6 +704,27 @@ def _parse_edf_header(path: Path) -> _EdfHeader:
                 hint="re-copy or re-export the recording",
             )
     return header
+
+
+def _check_edf_scaling(
+    path: Path, label: str, physical_min: bytes, physical_max: bytes, digital_min: bytes, digital_max: bytes
+) -> None:
+    """The digital → physical scaling of one signal must be finite and invertible (as EDF requires:
+    digital maximum > digital minimum, physical maximum != physical minimum)."""
+    pmin = _edf_number(path, physical_min, f"physical minimum of signal {label!r}", float)
+    pmax = _edf_number(path, physical_max, f"physical maximum of signal {label!r}", float)
+    dmin = _edf_number(path, digital_min, f"digital minimum of signal {label!r}", int)
+    dmax = _edf_number(path, digital_max, f"digital maximum of signal {label!r}", int)
+    with np.errstate(over="ignore"):
+        gain = (np.float64(pmax) - np.float64(pmin)) / (dmax - dmin) if dmax != dmin else np.inf
+    usable = math.isfinite(pmin) and math.isfinite(pmax) and pmax != pmin and dmax > dmin
+    if not (usable and np.isfinite(gain)):
+        raise CorruptFileError(
+            path,
+            f"signal {label!r} has an unusable scaling: physical range {pmin:g}..{pmax:g}, digital range "
+            f"{dmin}..{dmax} (EDF needs finite physical limits that differ and digital maximum > minimum)",
+            hint="repair the signal header or re-export the recording",
+        )
 
 
 def _edf_n_records(header: _EdfHeader) -> int:
@@ -709,8 +786,11 @@ def read_edf(path: str | Path, channels: Sequence[str] | None = None) -> SignalR
     finally:
         reader.close()
     spr_max = max(header.samples_per_record[data_idx[i]] for i in indices)
+    with np.errstate(over="ignore"):
+        data = np.ascontiguousarray(np.stack(columns), dtype=np.float32)
+    check_no_infinite(p, data, [names[i] for i in indices])
     return SignalRecord(
-        data=np.ascontiguousarray(np.stack(columns), dtype=np.float32),
+        data=data,
         fs=spr_max / header.record_duration,
         channel_names=tuple(names[i] for i in indices),
         units=tuple(header.units[data_idx[i]] for i in indices),
@@ -773,19 +853,29 @@ def _split_column(raw: object) -> tuple[str, str]:
 
 def _csv_columns(path: Path) -> tuple[list[str], list[str], list[str]]:
     """Raw header names, cleaned names and units of a CSV file."""
-    try:
-        head = pd.read_csv(path, nrows=0)
-    except pd.errors.EmptyDataError:
-        raise CorruptFileError(path, "the CSV file is empty (no header row)") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError, zlib.error) as exc:
-        raise CorruptFileError(path, f"not a readable CSV table ({type(exc).__name__}: {exc})") from None
+    head = _read_csv(path, nrows=0)
     raw = [str(c) for c in head.columns]
     split = [_split_column(c) for c in raw]
     names = [s[0] for s in split]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
         raise CorruptFileError(path, f"CSV header names column(s) {', '.join(duplicated)} more than once")
+    if all(_is_number(name) for name in names):
+        raise CorruptFileError(
+            path,
+            f"the first row holds numbers ({', '.join(raw[:4])}{', ...' if len(raw) > 4 else ''}), not "
+            "column names: the header row is missing",
+            hint="add a header row naming the columns (e.g. 'Time [s], PLETH, II')",
+        )
     return raw, names, [s[1] for s in split]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _find_time_column(path: Path, names: list[str], time_column: str | None) -> int | None:
@@ -805,6 +895,8 @@ def _find_time_column(path: Path, names: list[str], time_column: str | None) -> 
 
 def _fs_from_time(path: Path, values: pd.Series, name: str, unit: str) -> float:
     """Sampling rate from a time column that must be regularly spaced."""
+    if len(values) < 2:
+        raise CorruptFileError(path, f"time column {name!r} has {len(values)} rows: too few to give a rate")
     if not pd.api.types.is_numeric_dtype(values):
         try:
             stamps = pd.to_datetime(values, format="ISO8601")
@@ -822,8 +914,10 @@ def _fs_from_time(path: Path, values: pd.Series, name: str, unit: str) -> float:
         t = values.to_numpy(dtype=np.float64) * scale
     if len(t) < 2:
         raise CorruptFileError(path, f"time column {name!r} has {len(t)} rows: too few to give a rate")
-    if np.isnan(t).any():
-        raise CorruptFileError(path, f"time column {name!r} has empty cells", hint="pass fs= explicitly")
+    if not np.isfinite(t).all():
+        raise CorruptFileError(
+            path, f"time column {name!r} has empty or infinite cells", hint="pass fs= explicitly"
+        )
     if not t[-1] > t[0]:
         raise CorruptFileError(path, f"time column {name!r} does not increase", hint="pass fs= explicitly")
     # Time stamps are often written rounded (BIDMC: 3 decimals, then 2 after 100 s): each stamp may sit
@@ -840,7 +934,7 @@ def _fs_from_time(path: Path, values: pd.Series, name: str, unit: str) -> float:
             f"{deviation[worst]:.3g} s off the {step:.6g} s grid)",
             hint="pass fs= explicitly if the time stamps are only rounded, or resample the file first",
         )
-    fs = 1.0 / step
+    fs = _check_rate(path, 1.0 / step, f"time column {name!r}")
     # Prefer a round rate (to 0.01 Hz) when the rounding of the first and last stamps allows it.
     tolerance = fs * (quantum[0] + quantum[-1]) / (t[-1] - t[0]) + fs * 1e-9
     return float(round(fs, 2)) if abs(round(fs, 2) - fs) <= tolerance else float(fs)
@@ -892,10 +986,7 @@ def read_csv_signal(
     cols = [signal_cols[k] for k in picked]
     if not cols:
         raise CorruptFileError(p, "CSV file has no signal columns")
-    try:
-        table = pd.read_csv(p, usecols=[raw[i] for i in ([t_idx] if t_idx is not None else []) + cols])
-    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError, zlib.error) as exc:
-        raise CorruptFileError(p, f"not a readable CSV table ({type(exc).__name__}: {exc})") from None
+    table = _read_csv(p, usecols=[raw[i] for i in ([t_idx] if t_idx is not None else []) + cols])
     if fs is None:
         if t_idx is None:
             raise DataError(
@@ -907,10 +998,12 @@ def read_csv_signal(
     else:
         rate = float(fs)
     data = np.empty((len(cols), len(table)), dtype=np.float32)
-    for row, i in enumerate(cols):
-        data[row] = _numeric_column(p, table[raw[i]], names[i])
+    with np.errstate(over="ignore"):
+        for row, i in enumerate(cols):
+            data[row] = _numeric_column(p, table[raw[i]], names[i])
     if data.shape[1] == 0:
         raise CorruptFileError(p, "CSV file has a header but no rows")
+    check_no_infinite(p, data, [names[i] for i in cols])
     return SignalRecord(
         data=data,
         fs=rate,
@@ -938,19 +1031,20 @@ def _numeric_column(path: Path, column: pd.Series, name: str) -> np.ndarray:
 
 
 def _count_csv_rows(path: Path) -> int:
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    """Data rows of a CSV file, counted by parsing its first column with pandas, so that blank lines, a
+    lone ``\\r`` or control characters count exactly as they do when the file is read."""
+    return len(_read_csv(path, usecols=[0], dtype=str))
+
+
+def _read_csv(path: Path, **kwargs: Any) -> pd.DataFrame:
+    """``pandas.read_csv`` with every failure on a malformed file (pandas raises ParserError, EmptyDataError
+    and plain ValueErrors; gzip raises EOFError, zlib.error, OSError) as a CorruptFileError."""
     try:
-        with opener(path, "rb") as f:
-            n = 0
-            last = b"\n"
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                n += chunk.count(b"\n")
-                last = chunk[-1:]
-    except (OSError, EOFError, zlib.error) as exc:
-        raise CorruptFileError(path, f"file cannot be read ({type(exc).__name__}: {exc})") from None
-    if last != b"\n":
-        n += 1
-    return max(n - 1, 0)
+        return pd.read_csv(path, **kwargs)
+    except pd.errors.EmptyDataError:
+        raise CorruptFileError(path, "the CSV file is empty (no header row)") from None
+    except (ValueError, UnicodeDecodeError, EOFError, OSError, zlib.error, OverflowError) as exc:
+        raise CorruptFileError(path, f"not a readable CSV table ({type(exc).__name__}: {exc})") from None
 
 
 def _csv_header(path: str | Path, fs: float | None = None, time_column: str | None = None) -> SignalHeader:
@@ -967,15 +1061,16 @@ def _csv_header(path: str | Path, fs: float | None = None, time_column: str | No
                 "no sampling rate: fs not given and no time column found",
                 hint="pass fs=... (or give an fs column in the manifest table)",
             )
-        try:
-            t_table = pd.read_csv(p, usecols=[raw[t_idx]])
-        except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError, zlib.error) as exc:
-            raise CorruptFileError(p, f"not a readable CSV table ({type(exc).__name__}: {exc})") from None
+        t_table = _read_csv(p, usecols=[raw[t_idx]])
         rate = _fs_from_time(p, t_table[raw[t_idx]], names[t_idx], units[t_idx])
         n_rows = len(t_table)
     else:
         rate = float(fs)
         n_rows = _count_csv_rows(p)
+    if not signal_cols:
+        raise CorruptFileError(p, "CSV file has no signal columns")
+    if n_rows == 0:
+        raise CorruptFileError(p, "CSV file has a header but no rows")
     return SignalHeader(
         path=str(p),
         fs=rate,
@@ -1039,8 +1134,8 @@ def read_signal_header(path: str | Path, **kwargs: Any) -> SignalHeader:
     WFDB: the header (parsed with wfdb's line patterns) plus the data-size check of :func:`read_wfdb`
     (a ``stat``, not a read).
     EDF/BDF: the fixed header and the size check of :func:`read_edf`. CSV: the header row plus one
-    column (the time column, to get the rate, or a row count when ``fs`` is given); ``kwargs`` are
-    ``fs`` and ``time_column`` as for :func:`read_csv_signal`.
+    column (the time column, to get the rate, or the first column, to count rows, when ``fs`` is given);
+    ``kwargs`` are ``fs`` and ``time_column`` as for :func:`read_csv_signal`.
 
     Raises:
         the same :class:`~medcl.errors.DataError` subclasses as the readers, for the same files.

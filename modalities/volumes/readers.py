@@ -32,6 +32,8 @@ holding the slices of one DICOM series (a single 2-D DICOM file is not a volume)
 from __future__ import annotations
 
 import gzip
+import io
+import os
 import re
 import warnings
 import zlib
@@ -46,6 +48,8 @@ from medcl.errors import CorruptFileError, DataError, InvalidVolumeError, Unsupp
 
 __all__ = [
     "GRID_ATOL",
+    "MAX_EXTENT_MM",
+    "MAX_INTENSITY",
     "VOLUME_SUFFIXES",
     "Volume",
     "check_same_grid",
@@ -62,6 +66,7 @@ GRID_ATOL: float = 1e-3
 """Default tolerance (mm) when comparing a mask's affine with its image's."""
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_MAX_LABEL = 2**24
 _DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 _MAX_REPORTED = 5
 
@@ -141,8 +146,31 @@ def _check_affine(path: str | Path, affine: np.ndarray, source: str) -> None:
         )
 
 
+#: the largest voxel magnitude accepted: no scanner's values come near it (CT: HU, MR: arbitrary units up to
+#: ~1e6), while float32 statistics of larger values (sums of squares for a z-score) overflow to inf
+MAX_INTENSITY: float = 1e15
+
+
+#: the largest physical size (mm) of an image along an axis: no patient (or scanner bore) is larger, while a
+#: corrupted voxel size (1024 mm for 1 mm) makes the image kilometres long and its resampling explode
+MAX_EXTENT_MM: float = 5000.0
+
+
+def _check_extent(volume: Volume) -> None:
+    """Raise InvalidVolumeError if the image is longer than :data:`MAX_EXTENT_MM` along an axis."""
+    extent = np.asarray(volume.shape, dtype=np.float64) * np.asarray(volume.spacing)
+    axis = int(np.argmax(extent))
+    if extent[axis] > MAX_EXTENT_MM:
+        raise InvalidVolumeError(
+            volume.path,
+            f"the image spans {extent[axis]:.6g} mm along axis {axis} ({volume.shape[axis]} voxels of "
+            f"{volume.spacing[axis]:.6g} mm): no patient is that large (limit {MAX_EXTENT_MM:g} mm)",
+            "the voxel size in the header is wrong (or in the wrong unit); fix it or re-export the file",
+        )
+
+
 def _check_finite(volume: Volume) -> None:
-    """Raise InvalidVolumeError if any voxel is NaN or infinite."""
+    """Raise InvalidVolumeError if any voxel is NaN, infinite, or beyond :data:`MAX_INTENSITY`."""
     array = volume.array
     if np.issubdtype(array.dtype, np.floating):
         bad = ~np.isfinite(array)
@@ -154,6 +182,15 @@ def _check_finite(volume: Volume) -> None:
                 volume.path,
                 f"{n_bad} of {array.size} voxels ({100.0 * n_bad / array.size:.3g} %) are {kind}",
                 "NaN voxels make every loss NaN; fill them (e.g. with the background value) or drop the file",
+            )
+        largest = float(np.abs(array).max()) if array.size else 0.0
+        if largest > MAX_INTENSITY:
+            raise InvalidVolumeError(
+                volume.path,
+                f"voxel values reach {largest:.3g}, beyond any scanner's range (limit {MAX_INTENSITY:g}; "
+                "float32 statistics of such values overflow)",
+                "the intensity scaling (NIfTI scl_slope/scl_inter, DICOM RescaleSlope/Intercept) or the "
+                "voxel type in the header is wrong; fix it or re-export the file",
             )
 
 
@@ -312,7 +349,12 @@ class _BytesReader:
         return self._pos
 
 
-def _check_nifti_header(path: Path, header: Any) -> None:
+#: the most a deflate stream can expand (zlib's limit is about 1032:1): a .nii.gz whose header declares
+#: more voxel bytes than this times its size cannot hold them
+_MAX_DEFLATE_RATIO = 1100
+
+
+def _check_nifti_header(path: Path, header: Any, gzipped: bool = False) -> None:
     dim = np.asarray(header["dim"], dtype=np.int64)
     ndim = int(dim[0])
     if ndim < 3 or ndim > 4:
@@ -334,9 +376,15 @@ def _check_nifti_header(path: Path, header: Any) -> None:
             f"voxel size (pixdim[1:4]) is {pixdim.tolist()} mm: every size must be a finite number > 0",
             "fix the header (nibabel: img.header.set_zooms(...)) or re-export the file",
         )
-    dtype = header.get_data_dtype()
+    try:
+        dtype = header.get_data_dtype()
+    except (KeyError, TypeError, ValueError):
+        raise CorruptFileError(
+            path, f"the header's datatype code {int(header['datatype'])} is not a NIfTI data type"
+        ) from None
     if dtype.fields is not None or np.issubdtype(dtype, np.complexfloating) or dtype.kind not in "iufb":
         raise UnsupportedFormatError(path, f"voxel type {dtype} is not a real number type (RGB or complex)")
+    _check_nifti_size(path, header, dim[1 : ndim + 1], dtype, gzipped)
     # NIfTI: a zero or non-finite scl_slope means "no scaling" (nibabel ignores it); a valid slope with a
     # non-finite intercept would make every voxel NaN.
     slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
@@ -346,7 +394,39 @@ def _check_nifti_header(path: Path, header: Any) -> None:
             f"intensity scaling scl_slope {slope:g} with scl_inter {inter} would make every voxel non-finite",
             "set scl_inter to 0 (or the intended offset), or re-export the file",
         )
-    _check_affine(path, header.get_best_affine(), "NIfTI sform/qform")
+    try:
+        affine = header.get_best_affine()
+    except Exception as exc:  # nibabel's HeaderDataError (a qfac that is not +-1, ...) and friends
+        raise InvalidVolumeError(
+            path, f"the voxel-to-world geometry (sform/qform) is unusable ({type(exc).__name__}: {exc})"
+        ) from None
+    _check_affine(path, affine, "NIfTI sform/qform")
+
+
+def _check_nifti_size(path: Path, header: Any, shape: np.ndarray, dtype: np.dtype, gzipped: bool) -> None:
+    """Check the voxel bytes the header declares against the file's size before anything is allocated
+    (a corrupted ``dim`` can ask for terabytes)."""
+    offset = float(header["vox_offset"])
+    if not np.isfinite(offset) or offset < 0:
+        raise CorruptFileError(path, f"the header's vox_offset {offset} is not a byte position")
+    voxel_bytes = int(np.prod([int(n) for n in shape], dtype=object)) * dtype.itemsize
+    size = path.stat().st_size
+    sides = "x".join(str(int(n)) for n in shape)
+    if gzipped and voxel_bytes + int(offset) > size * _MAX_DEFLATE_RATIO:
+        raise CorruptFileError(
+            path,
+            f"the header declares {sides} voxels of {dtype} ({voxel_bytes} bytes), more than a {size}-byte "
+            "gzip file can hold: a corrupted header",
+            "copy the file again from its source",
+        )
+    if not gzipped and voxel_bytes + int(offset) > size:
+        raise CorruptFileError(
+            path,
+            f"the voxel data is shorter than the header declares (Expected {voxel_bytes} bytes, got "
+            f"{max(size - int(offset), 0)}): {sides} voxels of {dtype} from byte {int(offset)}; the file is "
+            "truncated or its header is corrupted",
+            "copy the file again from its source",
+        )
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -355,7 +435,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
     gzipped = _check_compression(path)
     header = _raw_nifti_header(path, gzipped)
-    _check_nifti_header(path, header)
+    _check_nifti_header(path, header, gzipped)
     reader = NibabelReader()
     try:
         with warnings.catch_warnings():
@@ -395,12 +475,11 @@ _NRRD_SPACES = {
 def _read_nrrd(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(array channels-first for 4-D files, else spatial; RAS affine)."""
     import nrrd
-    from monai.data import NrrdReader
 
-    _check_compression(path)
+    gzipped = _check_compression(path)
     try:
         header = nrrd.read_header(str(path))
-    except (nrrd.NRRDError, UnicodeDecodeError, ValueError, OSError, KeyError) as exc:
+    except Exception as exc:  # pynrrd raises NRRDError, ValueError, IndexError, ... for a garbled header
         with path.open("rb") as handle:
             head = handle.read(540)
         if not head.startswith(b"NRRD"):
@@ -408,8 +487,39 @@ def _read_nrrd(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 path, f"not an NRRD file: it starts like {_describe_bytes(head)}"
             ) from None
         raise CorruptFileError(path, f"unreadable NRRD header ({type(exc).__name__}: {exc})") from None
+    try:
+        return _read_nrrd_checked(path, header, gzipped)
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError) as exc:
+        # header values of the wrong shape or type that the checks below did not foresee
+        raise CorruptFileError(path, f"inconsistent NRRD header ({type(exc).__name__}: {exc})") from None
+
+
+def _read_nrrd_checked(path: Path, header: dict[str, Any], gzipped: bool) -> tuple[np.ndarray, np.ndarray]:
+    from monai.data import NrrdReader
+
     ndim = int(header.get("dimension", 0))
+    if ndim not in (3, 4):
+        raise UnsupportedFormatError(
+            path,
+            f"an NRRD image with {ndim} axes; volumes have 3 spatial axes (and optionally one channel axis)",
+        )
     kinds = [str(k) for k in header.get("kinds", ["domain"] * ndim)]
+    sizes = [int(n) for n in header.get("sizes", [])]
+    if len(kinds) != ndim or len(sizes) != ndim:
+        raise CorruptFileError(
+            path, f"the NRRD header declares {ndim} axes but {len(sizes)} sizes and {len(kinds)} kinds"
+        )
+    # At least one byte per voxel must be there (or fit in the compressed data) before anything is read.
+    voxels = int(np.prod(sizes, dtype=object)) if sizes else 0
+    compressed = gzipped or str(header.get("encoding", "raw")).lower() in ("gzip", "gz", "bzip2", "bz2")
+    available = path.stat().st_size * (_MAX_DEFLATE_RATIO if compressed else 1)
+    if min(sizes, default=0) < 1 or voxels > available:
+        raise CorruptFileError(
+            path,
+            f"the NRRD header declares sizes {sizes} ({voxels} voxels) but the file holds "
+            f"{path.stat().st_size} bytes: a corrupted header or a truncated file",
+            "copy the file again from its source",
+        )
     spatial = [i for i, k in enumerate(kinds) if k in ("domain", "space")]
     if len(spatial) != 3 or ndim not in (3, 4) or (ndim == 4 and spatial != [1, 2, 3]):
         raise UnsupportedFormatError(
@@ -433,7 +543,7 @@ def _read_nrrd(path: Path) -> tuple[np.ndarray, np.ndarray]:
             "resave it with its geometry (e.g. from 3D Slicer)",
         )
     directions = np.asarray(directions, dtype=np.float64)
-    rows = directions[spatial] if directions.shape[0] == ndim else directions
+    rows = directions[spatial] if directions.ndim == 2 and directions.shape[0] == ndim else directions
     if rows.shape != (3, 3) or not np.isfinite(rows).all():
         raise InvalidVolumeError(
             path, f"NRRD 'space directions' {directions.tolist()} are not three finite vectors"
@@ -477,17 +587,117 @@ def _dicom_headers(folder: Path) -> list[tuple[Path, Any]]:
 
     found: list[tuple[Path, Any]] = []
     for file in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        # A file that says it is DICOM (the "DICM" preamble, or the .dcm suffix) and fails to parse is a
+        # damaged slice, not a stray file: skipping it would silently drop a slice from the volume.
+        claims_dicom = file.suffix.lower() == ".dcm" or _looks_like_dicom(file)
         try:
-            ds = pydicom.dcmread(file, stop_before_pixels=True)
-        except (InvalidDicomError, EOFError):
-            continue  # not DICOM (a readme, a thumbnail): MONAI's reader skips these too
+            # Reads are capped at the file's end (a corrupted element length cannot make pydicom allocate
+            # gigabytes) and large values (the pixel data) are skipped, not read.
+            with _BoundedFile(file) as handle:
+                ds = pydicom.dcmread(handle, defer_size=_DICOM_DEFER_BYTES)
+                _decode_elements(ds)
+        except (InvalidDicomError, EOFError) as exc:
+            if not claims_dicom:
+                continue  # not DICOM (a readme, a thumbnail): MONAI's reader skips these too
+            raise CorruptFileError(
+                file,
+                f"damaged DICOM file: its header cannot be parsed ({type(exc).__name__}: {exc})",
+                "copy the slice again, or remove it from the series folder",
+            ) from None
         except Exception as exc:  # a DICOM file whose header is damaged
             raise CorruptFileError(file, f"unreadable DICOM header ({type(exc).__name__}: {exc})") from None
-        sop_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
-        if sop_class == _DICOMDIR_SOP_CLASS or "Rows" not in ds:
+        if "Rows" not in ds:
+            if _is_image_storage(ds) or (claims_dicom and not _is_known_non_image(ds)):
+                raise CorruptFileError(
+                    file,
+                    "damaged DICOM image: the header ends before its image size (Rows) is read",
+                    "copy the slice again, or remove it from the series folder",
+                )
             continue  # DICOMDIR, structured reports, ...: no image
+        _check_value_lengths(file, ds)
         found.append((file, ds))
     return found
+
+
+#: DICOM values longer than this are not read while the headers are checked (pixel data, overlays)
+_DICOM_DEFER_BYTES = 4096
+_PIXEL_DATA_TAG = 0x7FE00010
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+class _BoundedFile(io.FileIO):
+    """A file whose ``read(n)`` never asks for more than what is left of it (pydicom reads a value with
+    ``read(length)``; a corrupted length would otherwise allocate up to 4 GiB)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, "rb")
+        self._size = os.fstat(self.fileno()).st_size
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is not None and size >= 0:
+            size = min(size, max(self._size - self.tell(), 0))
+        return super().read(size)
+
+
+def _decode_elements(ds: Any) -> None:
+    """Decode every element read so far (pydicom decodes lazily, on first access), so that a garbled
+    value (an unknown VR, a number that is not one) fails here, inside the header check, rather than
+    wherever it is first used. Deferred values (the pixel data) stay unread."""
+    for dataset in (getattr(ds, "file_meta", None), ds):
+        if dataset is None:
+            continue
+        for tag in list(dataset.keys()):
+            if getattr(dataset.get_item(tag, keep_deferred=True), "value", b"") is not None:
+                _ = dataset[tag]  # the access decodes the element
+
+
+def _check_value_lengths(file: Path, ds: Any) -> None:
+    """Every value left unread (the pixel data, long private values; pydicom defers them) must end within
+    the file: a corrupted length would make the pixel reader allocate up to 4 GiB."""
+    size = file.stat().st_size
+    for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset itself would read the deferred values
+        element = ds.get_item(tag, keep_deferred=True)
+        length, start = getattr(element, "length", None), getattr(element, "value_tell", None)
+        if getattr(element, "value", b"") is not None or length is None or start is None:
+            continue  # read already (small), or not a raw element
+        if length != _UNDEFINED_LENGTH and start + length > size:
+            what = "the pixel data of a slice" if int(tag) == _PIXEL_DATA_TAG else f"DICOM element {tag}"
+            raise CorruptFileError(
+                file,
+                f"{what} is declared as {length} bytes from byte {start}, but the file ends at byte {size}: "
+                "the slice is truncated or its header is damaged",
+                "copy the slice again from its source",
+            )
+
+
+def _sop_class(ds: Any) -> str:
+    meta = getattr(ds, "file_meta", None)
+    return str(getattr(meta, "MediaStorageSOPClassUID", "") or getattr(ds, "SOPClassUID", "") or "")
+
+
+def _sop_class_name(ds: Any) -> str | None:
+    """The registered name of the file's SOP class (``"CT Image Storage"``), None when missing or unknown."""
+    from pydicom.uid import UID
+
+    uid = _sop_class(ds)
+    if uid == _DICOMDIR_SOP_CLASS:
+        return "Media Storage Directory Storage"
+    try:
+        name = str(UID(uid).name) if uid else ""
+    except Exception:  # a garbled UID
+        return None
+    return name if name and name != uid else None
+
+
+def _is_image_storage(ds: Any) -> bool:
+    """True when the file's SOP class is one of DICOM's image storage classes (CT, MR, ... Image Storage)."""
+    return "Image Storage" in (_sop_class_name(ds) or "")
+
+
+def _is_known_non_image(ds: Any) -> bool:
+    """True when the file's SOP class is a registered class that holds no image (DICOMDIR, SR, ...)."""
+    name = _sop_class_name(ds)
+    return name is not None and "Image Storage" not in name
 
 
 def _floats(ds: Any, keyword: str, n: int, file: Path) -> np.ndarray:
@@ -501,6 +711,17 @@ def _floats(ds: Any, keyword: str, n: int, file: Path) -> np.ndarray:
     if out.shape != (n,) or not np.isfinite(out).all():
         raise InvalidVolumeError(file, f"DICOM {keyword} {list(value)} is not {n} finite numbers")
     return out
+
+
+def _integer(ds: Any, keyword: str, file: Path) -> int:
+    """An integer data element (``Rows``, ``InstanceNumber``, ...) of one DICOM file."""
+    value = getattr(ds, keyword, None)
+    if value is None:
+        raise InvalidVolumeError(file, f"DICOM slice has no {keyword}")
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidVolumeError(file, f"DICOM {keyword} {value!r} is not a whole number") from None
 
 
 def _check_dicom_series(folder: Path, slices: list[tuple[Path, Any]]) -> str | None:
@@ -526,7 +747,8 @@ def _check_dicom_series(folder: Path, slices: list[tuple[Path, Any]]) -> str | N
             f"slice(s) {', '.join(missing[:_MAX_REPORTED])} have no InstanceNumber: the slice order is "
             "unknown",
         )
-    ordered = sorted(slices, key=lambda s: int(s[1].InstanceNumber))
+    numbers = {file: _integer(ds, "InstanceNumber", file) for file, ds in slices}
+    ordered = sorted(slices, key=lambda s: numbers[s[0]])
     first_file, first = ordered[0]
     orientation = _floats(first, "ImageOrientationPatient", 6, first_file)
     pixel_spacing = _floats(first, "PixelSpacing", 2, first_file)
@@ -534,14 +756,16 @@ def _check_dicom_series(folder: Path, slices: list[tuple[Path, Any]]) -> str | N
         raise InvalidVolumeError(
             first_file, f"PixelSpacing {pixel_spacing.tolist()} mm: voxel sizes must be > 0", "fix the header"
         )
-    size = (int(first.Rows), int(first.Columns))
+    size = (_integer(first, "Rows", first_file), _integer(first, "Columns", first_file))
+    if min(size) < 1:
+        raise InvalidVolumeError(first_file, f"the slice is {size[0]}x{size[1]} pixels: an empty image")
     positions = []
     for file, ds in ordered:
-        if (int(ds.Rows), int(ds.Columns)) != size:
+        shape = (_integer(ds, "Rows", file), _integer(ds, "Columns", file))
+        if shape != size:
             raise InvalidVolumeError(
                 file,
-                f"slice is {int(ds.Rows)}x{int(ds.Columns)} pixels, the series' first slice "
-                f"{size[0]}x{size[1]}",
+                f"slice is {shape[0]}x{shape[1]} pixels, the series' first slice {size[0]}x{size[1]}",
             )
         if not np.allclose(_floats(ds, "ImageOrientationPatient", 6, file), orientation, atol=1e-4):
             raise InvalidVolumeError(
@@ -663,6 +887,7 @@ def read_volume(path: str | Path) -> Volume:
             path, f"the image has {data.ndim} axes; volumes have 3 (or 4 with channels)"
         )
     volume = Volume(np.ascontiguousarray(data, dtype=np.float32), affine, str(path), kind, modality)
+    _check_extent(volume)
     _check_finite(volume)
     return volume
 
@@ -723,6 +948,13 @@ def read_mask(path: str | Path, image: Volume | None = None, atol: float = GRID_
             volume.path,
             f"a mask must hold labels >= 0, found {float(values.min()):g}",
             "use 0 for background and 1, 2, ... for the structures",
+        )
+    if values.size and float(values.max()) > _MAX_LABEL:
+        raise InvalidVolumeError(
+            volume.path,
+            f"a mask must hold label numbers, found {float(values.max()):g} (above {_MAX_LABEL}, where "
+            "float32 voxels no longer hold every whole number)",
+            "is it an image rather than a mask, or is its intensity scaling (scl_slope) wrong?",
         )
     mask = Volume(values.astype(np.int64), volume.affine, volume.path, volume.format, volume.modality)
     if image is not None:

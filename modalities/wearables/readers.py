@@ -28,6 +28,7 @@ from modalities.signals.readers import (
     _fs_from_time,
     _numeric_column,
     _split_column,
+    check_no_infinite,
     read_signal,
     read_signal_header,
     select_channels,
@@ -166,7 +167,9 @@ def read_parquet_signal(
         rate = float(fs)
     if len(table) == 0:
         raise CorruptFileError(p, "Parquet table has columns but no rows")
-    data = np.stack([_numeric_column(p, table[raw[i]], names[i]) for i in cols]).astype(np.float32)
+    with np.errstate(over="ignore"):
+        data = np.stack([_numeric_column(p, table[raw[i]], names[i]) for i in cols]).astype(np.float32)
+    check_no_infinite(p, data, [names[i] for i in cols])
     return SignalRecord(
         data=data,
         fs=rate,
@@ -188,6 +191,10 @@ def _parquet_header(path: Path, fs: float | None = None, time_column: str | None
     column = _read_parquet_table(path, [first])[first]
     rate = float(fs) if fs is not None else _fs_from_time(path, column, names[t_idx], units[t_idx])
     signal_cols = [i for i in range(len(names)) if i != t_idx]
+    if not signal_cols:
+        raise CorruptFileError(path, "Parquet table has no signal columns")
+    if len(column) == 0:
+        raise CorruptFileError(path, "Parquet table has columns but no rows")
     return SignalHeader(
         path=str(path),
         fs=rate,

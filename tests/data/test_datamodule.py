@@ -67,8 +67,9 @@ def test_a_split_file_with_a_leak_is_refused(tmp_path: Path) -> None:
     leaky = tmp_path / "leaky.csv"
     leaky.write_text("patient_id,split\n15709,train\n13243,train\n15709,test\n")
     dm = make_datamodule(tmp_path, split=SplitConfig(method="file", file=str(leaky)))
-    with pytest.raises(SplitLeakError, match="15709"):
+    with pytest.raises(SplitLeakError, match=r"1 patient\(s\) appear in more than one split") as raised:
         dm.setup("fit")
+    assert raised.value.patient_ids == ["15709"]  # named in the message only with MEDCL_LOG_IDS=1
 
 
 def test_train_batches_hold_views_ids_and_labels(datamodule: PretrainDataModule) -> None:
@@ -114,7 +115,7 @@ def test_bad_samples_raise_by_default_and_are_counted_when_skipping(
     with pytest.raises(CorruptFileError, match=r"00\d+_lr: simulated truncated \.dat \[sample 0"):
         raising[0]
     skipping = ManifestDataset(samples, adapter, on_error="skip")
-    assert skipping[0] is None
+    assert skipping[0].index == 0 and skipping[0].reason == "simulated truncated .dat"
     good = np.flatnonzero((samples["trial_id"] != bad).to_numpy())[:3]
     batch = collate_skipping([skipping[int(i)] for i in [0, 1, *good]])
     assert batch[contract.N_SKIPPED] == 2 and batch[contract.VIEWS].shape[0] == 3

@@ -129,3 +129,72 @@ def test_rejects_inconsistent_ids_and_tiny_data() -> None:
         GroupedBatchSampler(np.array([0, 0, 1]), np.array([0, 0, 1]), batch_size=4)
     with pytest.raises(ConfigError, match="batch_size"):
         GroupedBatchSampler(np.array([0]), np.array([0]), batch_size=0)
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 4])
+def test_every_epoch_deals_each_sample_to_exactly_one_rank(world_size: int) -> None:
+    patients, trials = hierarchical_ids(n_patients=40, seed=7)
+    samplers = [
+        GroupedBatchSampler(patients, trials, batch_size=8, num_replicas=world_size, rank=r, seed=1)
+        for r in range(world_size)
+    ]
+    largest = int(np.bincount(patients).max())
+    for epoch in range(3):
+        dealt = [s.epoch_order(epoch) for s in samplers]
+        # A partition of the samples: nothing lost, nothing on two ranks.
+        assert sorted(np.concatenate(dealt).tolist()) == list(range(len(patients)))
+        owners = [set(patients[d]) for d in dealt]
+        assert sum(len(o) for o in owners) == len(set(patients))
+        for r, sampler in enumerate(samplers):
+            batches = batches_of(sampler, epoch)
+            assert len(batches) == len(samplers[0])
+            used = [i for b in batches for i in b]
+            # A rank trains on the head of its share. Equal step counts assume a share of n/W - largest,
+            # and the least-loaded deal can give a rank up to one patient more than n/W: at most
+            # 2 * largest + one batch of the share is left out at the end of the epoch.
+            assert used == dealt[r][: len(used)].tolist()
+            assert len(dealt[r]) - len(used) < 2 * largest + 8
+
+
+def test_rank_split_keeps_the_positives_of_one_rank() -> None:
+    # 4 samples per trial, 2 per chunk, 2 chunks per group: groups of 4 that a batch of 8 never cuts.
+    patients = np.repeat(np.arange(30), 8)
+    trials = np.repeat(np.arange(60), 4)
+    for rank in range(2):
+        sampler = GroupedBatchSampler(
+            patients,
+            trials,
+            batch_size=8,
+            samples_per_trial=2,
+            trials_per_patient=2,
+            num_replicas=2,
+            rank=rank,
+        )
+        for epoch in range(3):
+            for batch in batches_of(sampler, epoch):
+                b = np.array(batch)
+                for i in range(len(b)):
+                    others = np.arange(len(b)) != i
+                    assert (others & (trials[b] == trials[b[i]])).any()
+                    assert (others & (patients[b] == patients[b[i]]) & (trials[b] != trials[b[i]])).any()
+
+
+def test_a_patient_larger_than_a_rank_share_leaves_no_full_batch() -> None:
+    patients = np.r_[np.zeros(90, dtype=int), np.arange(1, 11)]
+    trials = np.arange(100)
+    GroupedBatchSampler(patients, trials, batch_size=4)  # one rank: fine
+    with pytest.raises(ConfigError, match="no full batch of 4 per rank on 2"):
+        GroupedBatchSampler(patients, trials, batch_size=4, num_replicas=2, rank=0)
+
+
+def test_lightning_reaches_the_epoch_through_the_relay() -> None:
+    # Lightning calls set_epoch on `dataloader.sampler` and `dataloader.batch_sampler.sampler` only.
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+    from torch.utils.data import DataLoader
+
+    patients, trials = hierarchical_ids()
+    sampler = GroupedBatchSampler(patients, trials, batch_size=8, num_replicas=2, rank=1)
+    loader = DataLoader(list(range(len(patients))), batch_sampler=sampler, collate_fn=lambda items: items)
+    _set_sampler_epoch(loader, 3)
+    assert sampler.epoch == 3
+    assert {epoch for batch in sampler for _, epoch in batch} == {3}

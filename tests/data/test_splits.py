@@ -106,8 +106,9 @@ def test_unassigned_patients_can_join_training(tmp_path: Path) -> None:
 
 def test_split_file_with_a_leaking_patient_is_refused(tmp_path: Path) -> None:
     (tmp_path / "bad.csv").write_text("patient_id,split\np1,train\np2,val\np1,test\n")
-    with pytest.raises(SplitLeakError, match=r"1 patient\(s\).*p1"):
+    with pytest.raises(SplitLeakError, match=r"1 patient\(s\) appear") as raised:
         load_splits(tmp_path / "bad.csv")
+    assert raised.value.patient_ids == ["p1"]  # named in the message only with MEDCL_LOG_IDS=1
     (tmp_path / "bad.json").write_text(json.dumps({"train": ["p1"], "val": ["p1"]}))
     with pytest.raises(SplitLeakError):
         load_splits(tmp_path / "bad.json")

@@ -204,7 +204,7 @@ def test_two_ranks_see_every_key(tmp_path: Path) -> None:
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     query, key = _tensors()
     for rank in (0, 1):
-        got = torch.load(tmp_path / f"rank{rank}.pt")
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         anchors, positives = _local_pairs(rank)
         q = query.clone().requires_grad_(True)
         expected = paired_info_nce_loss(q, key, anchors + 4 * rank, positives + 4 * rank, GROUPS)

@@ -128,14 +128,16 @@ def test_skipping_bad_samples_stops_past_the_allowed_fraction(tmp_path: Path, fl
     bad = tuple(str(t) for t in train_trials[: len(train_trials) // 5])  # ~20 % of training recordings
     adapter = flaky_adapter(bad_trials=bad, window_s=2.5, view_crop_s=2.0)
 
-    strict = PretrainModule(small_encoder(), SimCLR(), max_skip_fraction=0.05)
+    strict = PretrainModule(small_encoder(), SimCLR())
     with pytest.raises(TooManyBadSamplesError, match="failed to load"):
-        trainer(tmp_path / "a").fit(strict, datamodule=datamodule(adapter, on_error="skip"))
+        dm = datamodule(adapter, on_error="skip", max_skip_fraction=0.05)
+        trainer(tmp_path / "a").fit(strict, datamodule=dm)
 
-    tolerant = PretrainModule(small_encoder(), SimCLR(), max_skip_fraction=0.5)
+    tolerant = PretrainModule(small_encoder(), SimCLR())
     run = trainer(tmp_path / "b", limit_val_batches=0)
-    run.fit(tolerant, datamodule=datamodule(adapter, on_error="skip"))
-    assert tolerant._skipped > 0 and tolerant._skipped < 0.5 * tolerant._seen
+    dm = datamodule(adapter, on_error="skip", max_skip_fraction=0.5)
+    run.fit(tolerant, datamodule=dm)
+    assert 0 < dm.skips.distinct("train") < 0.5 * len(dm.samples["train"])
     assert run.global_step == 4
 
     raising = PretrainModule(small_encoder(), SimCLR())
