@@ -24,8 +24,8 @@ bounded (derandomized, a few dozen examples per file type, no shrinking); ``-m s
 
 Every case the fuzzer found mishandled is rebuilt exactly in ``FOUND`` and replayed by
 ``test_cases_the_fuzzer_found_stay_fixed`` (each fails against the readers as they were before the fixes).
-One known hole outside the readers is pinned by a strict xfail: the volume preprocessing resamples without
-bounding the output size.
+The volume preprocessing refuses a resampling whose output would not fit (30 mm voxels in a corrupted
+header used to ask MONAI's Spacingd for 25 GB).
 
 Exploratory runs: ``MEDCL_FUZZ_EXAMPLES=5000 MEDCL_FUZZ_RANDOM=1 pytest -m slow tests/test_fuzz_readers.py``
 (``MEDCL_FUZZ_VERBOSE=1`` prints how each entry point answered, ``=2`` every case).
@@ -1388,12 +1388,6 @@ def test_cases_the_fuzzer_found_stay_fixed(
     assert outcome.get("type", outcome["status"]).rsplit(".", 1)[-1] == found.now, outcome
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: the volume preprocessing (modalities/volumes/transforms.py) resamples to 1 mm without "
-    "bounding the output size, so 30 mm voxels in a corrupted header ask MONAI's Spacingd for 25 GB "
-    "(a raw RuntimeError, not a DataError: an on_error='skip' run dies on it)",
-)
 def test_volume_preprocessing_refuses_a_resampling_that_would_not_fit(
     sources: Sources, worker: ReaderWorker, scratch: Path
 ) -> None:

@@ -424,6 +424,44 @@ class FinishVolumed(MapTransform):
         return d
 
 
+#: the most voxels (all channels) a resampling may produce: 2**28 float32 voxels = 1 GiB
+MAX_RESAMPLED_VOXELS = 2**28
+
+
+class CheckResampledSized(MapTransform):
+    """Refuse, naming the file, a volume whose resampling to ``pixdim`` would exceed
+    :data:`MAX_RESAMPLED_VOXELS` voxels (a corrupted voxel size in a header must be a :class:`DataError`
+    an ``on_error="skip"`` run can report, not a tens-of-gigabytes allocation inside MONAI)."""
+
+    def __init__(
+        self, pixdim: Sequence[float], image_key: str = IMAGE_KEY, max_voxels: int = MAX_RESAMPLED_VOXELS
+    ) -> None:
+        super().__init__([image_key])
+        self.pixdim = np.asarray([float(p) for p in pixdim], dtype=np.float64)
+        self.image_key = image_key
+        self.max_voxels = int(max_voxels)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        image = d[self.image_key]
+        affine = np.asarray(image.affine if isinstance(image, MetaTensor) else np.eye(4), dtype=np.float64)
+        spacing = np.linalg.norm(affine[:3, :3], axis=0)
+        shape = np.asarray(image.shape[1:], dtype=np.float64)
+        target = np.ceil(shape * spacing / self.pixdim)
+        voxels = float(np.prod(target)) * int(image.shape[0])
+        if not np.isfinite(voxels) or voxels > self.max_voxels:
+            meta = image.meta if isinstance(image, MetaTensor) else {}
+            path = meta.get("filename_or_obj", "the volume")
+            raise InvalidVolumeError(
+                path,
+                f"resampling its {'x'.join(str(int(n)) for n in shape)} voxels of "
+                f"{'x'.join(f'{v:.3g}' for v in spacing)} mm to {'x'.join(f'{v:g}' for v in self.pixdim)} mm "
+                f"would make {voxels:.3g} voxels (limit {self.max_voxels:.3g})",
+                "check the voxel size in the header (a corrupted pixdim?) or choose a coarser spacing",
+            )
+        return d
+
+
 def _numpy(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy() if not isinstance(x, MetaTensor) else x.as_tensor().cpu().numpy()
@@ -459,6 +497,7 @@ def build_pipeline(
                 Orientationd(keys, axcodes=step["axcodes"], labels=None, allow_missing_keys=True)
             )
         elif op == "spacing":
+            transforms.append(CheckResampledSized(step["pixdim"], image_key))
             transforms.append(
                 Spacingd(
                     keys,
