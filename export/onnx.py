@@ -9,8 +9,10 @@ compared with torch's on random inputs and on real windows; above the tolerance 
 no file is left behind. (Segmentation models: :mod:`export.segmentation`, which uses this module's
 graph export, parity check and atomic write.)
 
-The exported graph takes ``input`` ``(B, C, T)`` float32 (preprocessed windows) and returns ``logits``
-``(B, K)`` and ``probabilities`` ``(B, K)`` (softmax for multi-class, per-class sigmoid for multi-label).
+The exported graph takes ``input`` ``(B, C, T)`` float32 (preprocessed signal windows) or ``(B, C, H, W)``
+(preprocessed images: X-rays, whose adapter's input spec has layout ``"(C, H, W)"``) and returns
+``logits`` ``(B, K)`` and ``probabilities`` ``(B, K)`` (softmax for multi-class, per-class sigmoid for
+multi-label).
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ class ExportParityError(MedclError):
 
 
 class ExportableClassifier(nn.Module):
-    """Encoder + head returning ``(logits, probabilities)``: ``(B, C, T) → (B, K), (B, K)``."""
+    """Encoder + head returning ``(logits, probabilities)``: ``(B, C, T)`` or ``(B, C, H, W)`` →
+    ``(B, K), (B, K)``."""
 
     def __init__(self, encoder: nn.Module, head: nn.Module, task: str) -> None:
         super().__init__()
@@ -261,8 +264,9 @@ def export_classifier(
     Args:
         checkpoint_path: a ``tasks.ClassificationModule`` checkpoint.
         out_path: the ``.onnx`` file to write (one self-contained file).
-        real_inputs: preprocessed real windows ``(N, C, T)`` for the parity check; by default taken from
-            the training data through the adapter recorded in the checkpoint, when it can be rebuilt.
+        real_inputs: preprocessed real windows ``(N, C, T)`` (or images ``(N, C, H, W)``) for the parity
+            check; by default taken from the training data through the adapter recorded in the checkpoint
+            (its ``example_windows``), when it can be rebuilt.
         opset: ONNX opset (>= 17).
         rtol, atol: parity tolerance: every output must satisfy ``|ort - torch| <= atol + rtol·|torch|``.
         n_random: random standard-normal inputs in the parity check.
@@ -275,17 +279,13 @@ def export_classifier(
         raise ConfigError(f"opset must be >= 17, got {opset}")
     model, meta = load_classifier(checkpoint_path)
     spec = meta["input"]
-    channels, length = len(spec["channels"]), int(spec["window_samples"])
-    random_inputs = (
-        np.random.default_rng(seed).standard_normal((n_random, channels, length)).astype(np.float32)
-    )
+    shape, input_block, aggregation = _model_input(spec)
+    random_inputs = np.random.default_rng(seed).standard_normal((n_random, *shape)).astype(np.float32)
     real_skipped = None
     if real_inputs is None:
         real_inputs, real_skipped = _real_windows(meta, n=16)
-    if real_inputs is not None and real_inputs.shape[1:] != (channels, length):
-        raise ConfigError(
-            f"real inputs have shape {real_inputs.shape[1:]}, the model takes {(channels, length)}"
-        )
+    if real_inputs is not None and tuple(real_inputs.shape[1:]) != shape:
+        raise ConfigError(f"real inputs have shape {tuple(real_inputs.shape[1:])}, the model takes {shape}")
 
     with atomic_output(out_path) as temporary_path:
         export_graph(model, random_inputs[:2], temporary_path, opset)
@@ -315,16 +315,9 @@ def export_classifier(
                 "probabilities": "(B, K) "
                 + ("per-class sigmoid" if meta["task"] == "multilabel" else "softmax"),
             },
-            "input": {
-                "name": "input",
-                "layout": "(B, C, T)",
-                "dtype": "float32",
-                "channels": list(spec["channels"]),
-                "fs": float(spec["fs"]),
-                "window_samples": length,
-            },
+            "input": input_block,
             "preprocessing": spec["preprocessing"],
-            "aggregation": "a recording's probabilities are the mean of its windows' probabilities",
+            "aggregation": aggregation,
             "parity": {
                 **parity,
                 "opset": opset,
@@ -337,9 +330,41 @@ def export_classifier(
     return metadata
 
 
+#: the layout of an image adapter's input spec (``modalities.xray.XrayAdapter.input_spec``)
+IMAGE_SPEC_LAYOUT = "(C, H, W)"
+
+
+def _model_input(spec: dict[str, Any]) -> tuple[tuple[int, ...], dict[str, Any], str]:
+    """From a checkpoint's input spec: the model's input shape without the batch axis (``(C, T)`` for
+    signals, ``(C, H, W)`` for images), the metadata's ``input`` block and its ``aggregation`` note."""
+    if spec.get("layout") == IMAGE_SPEC_LAYOUT:
+        channels = int(spec["channels"])
+        height, width = (int(v) for v in spec["image_size"])
+        block = {
+            "name": "input",
+            "layout": "(B, C, H, W)",
+            "dtype": "float32",
+            "channels": channels,
+            "image_size": [height, width],
+            "photometric": spec.get("photometric"),
+            "views": spec.get("views"),
+        }
+        return (channels, height, width), block, "one image, one probability vector (no aggregation)"
+    channels, length = len(spec["channels"]), int(spec["window_samples"])
+    block = {
+        "name": "input",
+        "layout": "(B, C, T)",
+        "dtype": "float32",
+        "channels": list(spec["channels"]),
+        "fs": float(spec["fs"]),
+        "window_samples": length,
+    }
+    return (channels, length), block, "a recording's probabilities are the mean of its windows' probabilities"
+
+
 def _real_windows(meta: dict[str, Any], n: int) -> tuple[np.ndarray | None, str | None]:
-    """Real preprocessed windows from the data the model was trained on (through the adapter recorded in
-    the checkpoint), or ``(None, why not)``."""
+    """Real preprocessed windows ``(N, C, T)`` or images ``(N, C, H, W)`` from the data the model was trained
+    on (the recorded adapter's ``example_windows``), or ``(None, why not)``."""
     spec = meta.get("adapter")
     if spec is None:
         return None, "the checkpoint does not record its data adapter; pass real inputs"

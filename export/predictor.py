@@ -2,7 +2,11 @@
 
 :class:`OnnxPredictor` opens a model written by ``medcl export`` and reads the preprocessing spec from its
 metadata. A signal classifier turns raw files (WFDB, EDF, CSV) into class probabilities with the same
-preprocessing code as training (:mod:`modalities.signals.pipeline`). A volume segmentation model (metadata
+preprocessing code as training (:mod:`modalities.signals.pipeline`). An image classifier (an X-ray model:
+metadata ``input.layout`` ``"(B, C, H, W)"``) turns a PNG, JPEG or DICOM radiograph (the format found from
+the file's content, so DICOM files without a suffix work) into class probabilities through the same
+numpy preprocessing as training (:func:`modalities.xray.transforms.preprocess_file` run on the metadata's
+``preprocessing`` spec). A volume segmentation model (metadata
 ``task`` ``"segmentation"``) turns a NIfTI/NRRD file or a DICOM series into a label map on the input's
 own grid: the numpy twin of the MONAI training transforms (:mod:`export.volume_preprocess`), sliding-window
 inference over the model's ROI (:mod:`export.sliding_window`), softmax, argmax, and the inverse of the
@@ -56,9 +60,11 @@ from export.volume_preprocess import (
 from medcl.errors import ConfigError, InvalidSignalError, InvalidVolumeError
 from modalities.signals.pipeline import make_windows, preprocess_recording, split_steps
 from modalities.signals.readers import read_signal, select_channels
+from modalities.xray.transforms import Geometry, check_spec, image_size_of, preprocess_file
 
 __all__ = [
     "FilePrediction",
+    "ImagePrediction",
     "ModelMetadataError",
     "OnnxPredictor",
     "VolumePrediction",
@@ -70,6 +76,7 @@ __all__ = [
 METADATA_KEY = "medcl"
 SUPPORTED_FORMATS = ("medcl-onnx/1",)
 SIGNAL_LAYOUT = "(B, C, T)"
+IMAGE_LAYOUT = "(B, C, H, W)"
 VOLUME_LAYOUT = "(B, C, H, W, D)"
 SEGMENTATION_TASK = "segmentation"
 # the "segmentation" metadata block: its keys and their defaults (roi_size has none: it is required)
@@ -106,6 +113,23 @@ class FilePrediction:
     probabilities: np.ndarray
     window_probabilities: np.ndarray
     window_starts_s: np.ndarray
+
+
+@dataclass
+class ImagePrediction:
+    """Predictions for one image (a radiograph).
+
+    Attributes:
+        path: the input file.
+        probabilities: ``(K,)``.
+        image: ``(C, H, W)`` float32, the model's input (the file after the model's preprocessing).
+        geometry: where the original image went in the model's input (letterbox scale and padding).
+    """
+
+    path: str
+    probabilities: np.ndarray
+    image: np.ndarray
+    geometry: Geometry
 
 
 @dataclass
@@ -147,7 +171,9 @@ def _softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
 class OnnxPredictor:
     """Predictions from a medcl ONNX model, on raw files or preprocessed arrays.
 
-    Signal classifiers: :meth:`predict_file`, :meth:`predict_array`, :meth:`predict_windows`. Volume
+    Signal classifiers: :meth:`predict_file`, :meth:`predict_array`, :meth:`predict_windows`. Image
+    classifiers (X-rays): :meth:`predict_file` / :meth:`predict_image`, :meth:`preprocess_image`,
+    :meth:`predict_images`. Volume
     segmentation models (``task == "segmentation"``): :meth:`predict_volume`, :meth:`write_mask`,
     :meth:`preprocess_volume`, :meth:`predict_preprocessed`; calling the other kind's methods raises
     :class:`ModelMetadataError`.
@@ -205,18 +231,37 @@ class OnnxPredictor:
         self.task: str = str(self.metadata.get("task"))
         self.batch_size = batch_size
         if self.task == SEGMENTATION_TASK:
+            self.kind = "volume"
             self._init_segmentation()
             return
+        layout = (self.metadata.get("input") or {}).get("layout")
+        self.kind = "image" if layout == IMAGE_LAYOUT else "signal"
         try:
-            self._init_signals()
+            self._init_images() if self.kind == "image" else self._init_signals()
         except ModelMetadataError:
             raise
         except ConfigError as error:  # e.g. an unknown preprocessing step
             raise ModelMetadataError(f"{path}: {error}") from None
         except (KeyError, TypeError, ValueError, AttributeError) as error:  # data of the wrong shape
             raise ModelMetadataError(
-                f"{path}: malformed signal model metadata ({type(error).__name__}: {error})"
+                f"{path}: malformed {self.kind} model metadata ({type(error).__name__}: {error})"
             ) from None
+
+    def _init_images(self) -> None:
+        path = self.path
+        spec = self.metadata["input"]
+        self.steps = check_spec(self.metadata["preprocessing"])  # ConfigError on an unknown/bad step
+        self.image_size: tuple[int, int] = image_size_of(self.steps)
+        self.n_channels = int(spec["channels"])
+        self.channels = [f"channel_{c}" for c in range(self.n_channels)]
+        self.class_names = list(self.metadata["class_names"])
+        graph_input = self.session.get_inputs()[0]
+        expected = [self.n_channels, *self.image_size]
+        if list(graph_input.shape[1:]) != expected or self.n_channels != 1:
+            raise ModelMetadataError(
+                f"{path}: the graph takes {graph_input.shape} but the preprocessing makes (B, 1, "
+                f"{self.image_size[0]}, {self.image_size[1]}) grey images"
+            )
 
     def _init_signals(self) -> None:
         path = self.path
@@ -313,7 +358,14 @@ class OnnxPredictor:
             )
 
     def _require(self, kind: str) -> None:
-        """Refuse signal methods on a segmentation model and volume methods on a signal model."""
+        """Refuse the methods of one kind of model (signal, image, volume) on another kind."""
+        if kind != self.kind and "image" in (kind, self.kind):
+            hint = (
+                "use predict_file / predict_image on image files"
+                if self.kind == "image"
+                else "this model does not take images"
+            )
+            raise ModelMetadataError(f"{self.path}: a {self.kind} model, not a(n) {kind} model; {hint}")
         if kind == "volume" and self.task != SEGMENTATION_TASK:
             raise ModelMetadataError(
                 f"{self.path}: a {self.task} model of signals, not a volume segmentation model; "
@@ -386,8 +438,13 @@ class OnnxPredictor:
         record = read_signal(path, channels=self.channels, **kwargs)
         return self.preprocess_array(record.data, record.fs, record.channel_names, str(path))
 
-    def predict_file(self, path: str | Path, fs: float | None = None) -> FilePrediction:
-        """Probabilities of one raw file: per window and their mean."""
+    def predict_file(self, path: str | Path, fs: float | None = None) -> FilePrediction | ImagePrediction:
+        """Probabilities of one raw file: per window and their mean (signal models), or of one image
+        (image models; ``fs`` must then be None)."""
+        if self.kind == "image":
+            if fs is not None:
+                raise ConfigError("fs is an option of signal models; this model classifies images")
+            return self.predict_image(path)
         windows, starts = self.preprocess_file(path, fs)
         probabilities = self.predict_windows(windows)
         return FilePrediction(str(path), probabilities.mean(axis=0), probabilities, starts)
@@ -400,14 +457,52 @@ class OnnxPredictor:
         probabilities = self.predict_windows(windows)
         return FilePrediction(path, probabilities.mean(axis=0), probabilities, starts)
 
+    # ----------------------------------------------------------------------------------------------
+    # Images (X-ray classifiers)
+
+    def preprocess_image(self, path: str | Path) -> tuple[np.ndarray, Geometry]:
+        """The model's input ``(1, H, W)`` float32 for a PNG, JPEG or DICOM radiograph (the training
+        preprocessing, :func:`modalities.xray.transforms.preprocess_file`), and its letterbox geometry.
+
+        Raises:
+            DataError: the file cannot be read or used (names the file and the problem).
+        """
+        self._require("image")
+        image, geometry, _ = preprocess_file(path, self.steps)
+        return image, geometry
+
+    def predict_images(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities ``(N, K)`` of preprocessed images ``(N, 1, H, W)``."""
+        self._require("image")
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim != 4 or images.shape[1:] != (self.n_channels, *self.image_size):
+            raise ConfigError(
+                f"images of shape {images.shape} do not fit the model, which takes (N, {self.n_channels}, "
+                f"{self.image_size[0]}, {self.image_size[1]})"
+            )
+        outputs = [
+            self.session.run(["probabilities"], {"input": images[i : i + self.batch_size]})[0]
+            for i in range(0, len(images), self.batch_size)
+        ]
+        return np.concatenate(outputs) if outputs else np.zeros((0, len(self.class_names)), np.float32)
+
+    def predict_image(self, path: str | Path) -> ImagePrediction:
+        """Probabilities ``(K,)`` of one radiograph file (PNG, JPEG, DICOM; found from the content)."""
+        image, geometry = self.preprocess_image(path)
+        probabilities = self.predict_images(image[None])[0]
+        return ImagePrediction(str(path), probabilities, image, geometry)
+
     def decide(self, probabilities: np.ndarray) -> str:
         """The predicted label(s): the most probable class, or (multi-label) every class >= 0.5."""
         if self.task == "multilabel":
             return "|".join(name for name, p in zip(self.class_names, probabilities, strict=True) if p >= 0.5)
         return self.class_names[int(np.argmax(probabilities))]
 
-    def rows(self, prediction: FilePrediction, per_window: bool = False) -> list[dict[str, Any]]:
-        """Table rows (one per file, or one per window) with a probability column per label name."""
+    def rows(
+        self, prediction: FilePrediction | ImagePrediction, per_window: bool = False
+    ) -> list[dict[str, Any]]:
+        """Table rows (one per file, or one per window) with a probability column per label name (an
+        image: one row, ``per_window`` refused)."""
 
         def row(probabilities: np.ndarray, **where: Any) -> dict[str, Any]:
             return {
@@ -417,6 +512,10 @@ class OnnxPredictor:
                 "predicted": self.decide(probabilities),
             }
 
+        if isinstance(prediction, ImagePrediction):
+            if per_window:
+                raise ConfigError("per-window rows are for signal models; an image has one prediction")
+            return [row(prediction.probabilities)]
         if per_window:
             return [
                 row(p, window=i, start_s=float(start))

@@ -45,6 +45,7 @@ commands:
   predict    class probabilities of raw files, or masks of volumes, with an exported model (no torch needed)
              medcl predict --model model.onnx RECORD.hea [...] [--out predictions.csv]
              medcl predict --model seg.onnx VOLUME.nii.gz [...] --out MASK_DIR
+             medcl predict --model cxr.onnx XRAY.jpg XRAY.dcm [...]   (PNG/JPEG/DICOM radiographs)
   demo       the main job on the bundled real ECG: pretrain, label efficiency, export, report (~6 min)
              medcl demo --out demo
 
@@ -294,11 +295,14 @@ def _export_segmentation(args: argparse.Namespace) -> int:
 
 def run_predict(argv: Sequence[str]) -> int:
     """``medcl predict --model model.onnx INPUT... [--out FILE.csv|FILE.json] [--per-window] [--fs HZ]``;
+    for an X-ray classifier the inputs are PNG/JPEG/DICOM radiographs (``.png``, ``.jpg``, ``.jpeg``,
+    ``.dcm`` or DICOM files without a suffix: the format is found from the content), one row each;
     for a segmentation model ``medcl predict --model seg.onnx VOLUME... --out DIR`` (one
     ``DIR/<name>_mask.nii.gz`` per volume, on the volume's grid)."""
     parser = argparse.ArgumentParser(
         prog="medcl predict",
-        description="Class probabilities of raw recordings (WFDB, EDF/BDF, CSV), or label masks of volumes "
+        description="Class probabilities of raw recordings (WFDB, EDF/BDF, CSV) or of radiographs (PNG, "
+        "JPEG, DICOM with or without .dcm), or label masks of volumes "
         "(NIfTI, NRRD, DICOM series folders), from a model written by medcl export, with the model's own "
         "preprocessing. Runs on onnxruntime + numpy; no torch needed.",
     )
@@ -306,7 +310,8 @@ def run_predict(argv: Sequence[str]) -> int:
     parser.add_argument(
         "inputs",
         nargs="+",
-        help="recordings (e.g. 00001_lr.hea, rec.edf, rec.csv), or volumes for a segmentation model",
+        help="recordings (e.g. 00001_lr.hea, rec.edf, rec.csv), radiographs for an X-ray model (img.png, "
+        "img.jpg, img.dcm, a DICOM file without suffix), or volumes for a segmentation model",
     )
     parser.add_argument(
         "--out",
@@ -330,6 +335,10 @@ def run_predict(argv: Sequence[str]) -> int:
     predictor = OnnxPredictor(args.model)
     if predictor.task == "segmentation":
         return _predict_masks(predictor, args)
+    if predictor.kind == "image" and (args.per_window or args.fs is not None):
+        from medcl.errors import ConfigError
+
+        raise ConfigError("--per-window and --fs are options of signal models; this model classifies images")
     rows: list[dict[str, Any]] = []
     failed = 0
     for path in args.inputs:

@@ -2,6 +2,7 @@
 
 from medcl.objectives.asymmetry import AsymmetryContrast, SymmetricCropd
 from medcl.objectives.base import BatchObjective, EncodedViews, Objective
+from medcl.objectives.gaze_alignment import GazeAlignment, GazeAlignmentInputs
 from medcl.objectives.hierarchical import HierarchicalContrast
 from medcl.objectives.participant import ParticipantContrast, ParticipantViews
 from medcl.objectives.simclr import SimCLR
@@ -12,6 +13,8 @@ __all__ = [
     "AsymmetryContrast",
     "BatchObjective",
     "EncodedViews",
+    "GazeAlignment",
+    "GazeAlignmentInputs",
     "HierarchicalContrast",
     "Objective",
     "ParticipantContrast",

@@ -119,6 +119,10 @@ class PretrainModule(L.LightningModule):
                 f"in_channels to {expected} (or select {actual} channels in the adapter)"
             )
         if isinstance(self.objective, BatchObjective) and datamodule is not None and adapter is not None:
+            # An objective may need the training data first (e.g. to fit a tokenizer on its reports).
+            setup_data = getattr(self.objective, "setup_data", None)
+            if setup_data is not None:
+                setup_data(datamodule)
             # The objective makes its own inputs from every sample (crops, mirror images): tell the data.
             datamodule.item_transform = self.objective.item_transform(adapter.input_key)
 
