@@ -28,6 +28,7 @@ import inspect
 import json
 import re
 from collections.abc import Iterable, Iterator
+from pathlib import PurePath
 from typing import Any
 
 from medcl.errors import ConfigError
@@ -106,12 +107,25 @@ class Configurable:
         cls.__init__ = recording_init  # type: ignore[method-assign]
 
 
+def _as_plain(value: Any) -> Any:
+    """JSON stand-in for a value json cannot write: a path's string, a :class:`Configurable` argument's
+    own spec (the receiving class must accept the spec in the object's place, as the adapters' plug-in
+    arguments do); anything else is not plain (TypeError)."""
+    if isinstance(value, PurePath):
+        return str(value)
+    spec = module_spec(value)
+    if spec is None:
+        raise TypeError(f"{type(value).__name__} is not plain data")
+    return spec
+
+
 def _plain(arguments: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The arguments if they survive a JSON round trip unchanged (tuples become lists), else None."""
+    """The arguments if they survive a JSON round trip (tuples become lists, paths strings, nested
+    :class:`Configurable` objects their specs), else None."""
     if arguments is None:
         return None
     try:
-        return json.loads(json.dumps(arguments))
+        return json.loads(json.dumps(arguments, default=_as_plain))
     except (TypeError, ValueError):
         return None
 

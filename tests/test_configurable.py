@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from torch import nn
 
@@ -47,6 +49,22 @@ def test_non_json_arguments_make_no_spec() -> None:
 
     assert module_spec(Holder(nn.Linear(1, 1))) is None
     assert module_spec(ProjectionHead(4)) is None  # not Configurable
+
+
+def test_paths_and_configurable_arguments_are_recorded_as_plain_data() -> None:
+    class Holder(Configurable, nn.Module):
+        def __init__(self, inner: object, where: str | Path = ".") -> None:
+            super().__init__()
+            self.inner = inner
+
+    spec = module_spec(Holder(Tiny(3), where=Path("/data/x")))
+    assert spec is not None
+    assert spec["init_args"] == {
+        "inner": {"class_path": f"{__name__}.Tiny", "init_args": {"width": 3, "depth": 2, "names": ["a"]}},
+        "where": "/data/x",
+    }
+    # an argument that is neither still makes no spec
+    assert module_spec(Holder(Tiny(3), where=object())) is None  # type: ignore[arg-type]
 
 
 def test_instantiate_only_allowed_class_paths() -> None:

@@ -204,11 +204,9 @@ class GazeAlignmentInputs(Randomizable):
             return []
         return [s for s in self.split_sentences(report) if s.strip()][: self.max_sentences]
 
-    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
-        if self.input_key not in sample:
-            raise ConfigError(f"GazeAlignmentInputs: the sample has no {self.input_key!r} array")
-        out = dict(sample)
-        image = np.asarray(sample[self.input_key], dtype=np.float32)
+    def encode_report(self, sample: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, int]:
+        """The sample's report as token ids and attention mask, int64 ``(max_sentences, max_length)``
+        (rows past the sentence count are zero), and its sentence count."""
         sentences = self.sentences(sample)
         ids = np.zeros((self.max_sentences, self.max_length), dtype=np.int64)
         mask = np.zeros((self.max_sentences, self.max_length), dtype=np.int64)
@@ -216,6 +214,14 @@ class GazeAlignmentInputs(Randomizable):
             encoded_ids, encoded_mask = self.tokenizer.encode_batch(sentences, self.max_length)
             ids[: len(sentences)] = np.asarray(encoded_ids, dtype=np.int64)
             mask[: len(sentences)] = np.asarray(encoded_mask, dtype=np.int64)
+        return ids, mask, len(sentences)
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        if self.input_key not in sample:
+            raise ConfigError(f"GazeAlignmentInputs: the sample has no {self.input_key!r} array")
+        out = dict(sample)
+        image = np.asarray(sample[self.input_key], dtype=np.float32)
+        ids, mask, n_sentences = self.encode_report(sample)
         gaze = sample.get(self.gaze_key)
         if gaze is None:
             heatmap = np.zeros(image.shape[-2:], dtype=np.float32)
@@ -229,7 +235,7 @@ class GazeAlignmentInputs(Randomizable):
         out[self.input_key] = image
         out[TEXT_IDS] = ids
         out[TEXT_MASK] = mask
-        out[N_SENTENCES] = np.int64(len(sentences))
+        out[N_SENTENCES] = np.int64(n_sentences)
         out[HEATMAP] = heatmap
         out[HAS_GAZE] = np.bool_(gaze is not None and float(heatmap.sum()) > 0)
         return out
@@ -435,6 +441,37 @@ class GazeAlignment(Configurable, BatchObjective):
         features = self.text_encoder(ids[real], mask[real])
         return self.text_head(features), report_index
 
+    def report_embeddings(
+        self, ids: Tensor, mask: Tensor, n_sentences: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Report embeddings ``(B, projection_dim)``: the mean of each report's projected sentence
+        embeddings (zeros for a report without sentences), from ``ids`` / ``mask`` ``(B, max_sentences,
+        L)`` and ``n_sentences`` ``(B,)``; also the sentences ``(S, projection_dim)`` and their report
+        ``(S,)`` (:meth:`embed_sentences`)."""
+        sentences, report_index = self.embed_sentences(ids, mask, n_sentences)
+        counts = n_sentences.to(sentences.device).clamp(min=1).to(sentences.dtype)
+        reports = sentences.new_zeros(ids.shape[0], self.projection_dim).index_add(0, report_index, sentences)
+        return reports / counts[:, None], sentences, report_index
+
+    def tokenize_reports(self, reports: Sequence[str | None]) -> tuple[Tensor, Tensor, Tensor]:
+        """Token ids and attention masks ``(B, max_sentences, max_length)`` and sentence counts ``(B,)`` of
+        report texts, exactly as the item transform makes them in training (None or blank: no sentence).
+        """
+        if not self._fitted:
+            raise ConfigError("GazeAlignment: the tokenizer is not fitted (load a trained checkpoint)")
+        inputs = GazeAlignmentInputs(
+            self.input_key, self.tokenizer, self._split, self.max_sentences, self.max_length
+        )
+        encoded = [inputs.encode_report({"report": text}) for text in reports]
+        if not encoded:
+            empty = torch.zeros(0, self.max_sentences, self.max_length, dtype=torch.int64)
+            return empty, empty.clone(), torch.zeros(0, dtype=torch.int64)
+        return (
+            torch.from_numpy(np.stack([e[0] for e in encoded])),
+            torch.from_numpy(np.stack([e[1] for e in encoded])),
+            torch.tensor([e[2] for e in encoded], dtype=torch.int64),
+        )
+
     def forward_batch(self, encoder: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Loss terms of one batch: the image ``(B, C, H, W)`` under :attr:`input_key` (the key the item
         transform was made for, ``"image"`` by default), ``text_ids`` / ``text_mask``
@@ -455,14 +492,14 @@ class GazeAlignment(Configurable, BatchObjective):
         n_sentences = batch[N_SENTENCES].long()
         has_gaze = batch[HAS_GAZE].bool() & (n_sentences > 0)
         image_emb = self.image_head(encoder(x))  # (B, P)
-        sentences, report_index = self.embed_sentences(batch[TEXT_IDS], batch[TEXT_MASK], n_sentences)
+        report_emb, sentences, report_index = self.report_embeddings(
+            batch[TEXT_IDS], batch[TEXT_MASK], n_sentences
+        )
         zero = image_emb.sum() * 0.0 + sentences.sum() * 0.0
 
         # (1) image-report InfoNCE over the samples with a report
         with_report = n_sentences > 0
         if int(with_report.sum()) > 0:
-            counts = n_sentences.clamp(min=1).to(sentences.dtype)
-            report_emb = torch.zeros_like(image_emb).index_add(0, report_index, sentences) / counts[:, None]
             image_report = cross_modal_multi_positive_info_nce(
                 image_emb[with_report],
                 report_emb[with_report],

@@ -123,6 +123,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtr
 
+from medcl.configurable import Configurable
 from medcl.errors import ConfigError, CorruptFileError, DataError, UnsupportedFormatError
 
 __all__ = [
@@ -1069,7 +1070,7 @@ class GazeHeatmap:
     source: str
 
 
-class GazeHeatmapProvider:
+class GazeHeatmapProvider(Configurable):
     """Per-sample gaze heatmaps (or annotation-derived priors) for the X-ray adapter.
 
     ``lookup(row, image_shape)`` tries the configured ``sources`` in order and returns the first that

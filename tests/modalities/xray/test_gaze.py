@@ -13,8 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
+from medcl.configurable import instantiate_spec, module_spec
 from medcl.errors import ConfigError, CorruptFileError, DataError, UnsupportedFormatError
 from medcl.losses.gaze import pool_heatmaps_to_patches
+from modalities.xray.adapter import XrayAdapter
 from modalities.xray.gaze import (
     SOURCE_BOXES,
     SOURCE_EGD,
@@ -572,6 +574,22 @@ def test_real_lung_boxes_scale_onto_the_512_images(covid: Path) -> None:
 
 
 # --- provider over gaze datasets --------------------------------------------------------------------
+
+
+def test_provider_and_an_adapter_holding_it_rebuild_from_their_specs(tmp_path: Path) -> None:
+    """A checkpoint records the adapter as a spec: its gaze provider (paths included) must survive."""
+    main = make_reflacx(tmp_path, {"P300R000011": ("dA", [reflacx_row(0, 1, 20, 20)])})
+    provider = GazeHeatmapProvider((SOURCE_REFLACX,), reflacx_dir=main, sigma_degrees=1.5)
+    spec = module_spec(provider)
+    assert spec is not None and spec["init_args"]["reflacx_dir"] == str(main)
+    rebuilt = instantiate_spec(spec)
+    np.testing.assert_array_equal(
+        rebuilt.heatmap({"dicom_id": "dA"}, (32, 48)), provider.heatmap({"dicom_id": "dA"}, (32, 48))
+    )
+    adapter = XrayAdapter(str(tmp_path), dataset="covid_cxr", image_size=32, gaze=provider)
+    adapter_spec = module_spec(adapter)
+    assert adapter_spec is not None and adapter_spec["init_args"]["gaze"] == spec
+    assert module_spec(instantiate_spec(adapter_spec).gaze) == spec
 
 
 def test_provider_reflacx_averages_readings_and_falls_back(tmp_path: Path) -> None:
