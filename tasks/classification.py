@@ -91,7 +91,8 @@ class ClassificationModule(L.LightningModule):
         num_classes: number of classes ``K`` (linked from the data module by ``medcl finetune``).
         task: ``"multiclass"`` or ``"multilabel"`` (linked from the data module).
         class_names: names of the ``K`` classes (recorded in checkpoints and exports).
-        input_key: the batch key of the input tensor (linked from the data module).
+        input_key: the batch key of the input tensor (``"signal"``, ``"image"``, ...); None: the data
+            module's ``input_key``, taken when the Trainer sets the module up (the CLI links it).
         head: ``"linear"`` or ``"mlp"``; default linear for ``mode="linear"``, MLP otherwise.
         hidden_dim: MLP hidden width.
         dropout: MLP dropout.
@@ -109,7 +110,7 @@ class ClassificationModule(L.LightningModule):
         num_classes: int = 2,
         task: str = "multiclass",
         class_names: list[str] | None = None,
-        input_key: str = "signal",
+        input_key: str | None = None,
         head: str | None = None,
         hidden_dim: int = 128,
         dropout: float = 0.1,
@@ -147,8 +148,19 @@ class ClassificationModule(L.LightningModule):
         self.results: dict[str, dict[str, float]] = {}
 
     def setup(self, stage: str) -> None:
-        """Refuse data that differs from what the encoder was pretrained on (channels, rate)."""
-        adapter = getattr(getattr(self.trainer, "datamodule", None), "adapter", None)
+        """Take the data module's input key (when not given), and refuse data that differs from what
+        the encoder was pretrained on (channels, rate)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        data_key = getattr(datamodule, "input_key", None)
+        if data_key is not None:
+            if self.hparams["input_key"] is None:
+                self.hparams["input_key"] = data_key
+            elif self.hparams["input_key"] != data_key:
+                raise ConfigError(
+                    f"input_key is {self.hparams['input_key']!r} but the data module's samples hold "
+                    f"{data_key!r}; leave input_key unset to take the data module's"
+                )
+        adapter = getattr(datamodule, "adapter", None)
         if adapter is None or not self._pretrained_input:
             return
         now, before = adapter.input_spec(), self._pretrained_input
@@ -180,7 +192,13 @@ class ClassificationModule(L.LightningModule):
     def _inputs(self, batch: dict[str, Any]) -> Tensor:
         if contract.VIEWS in batch:
             return batch[contract.VIEWS][:, 0]
-        return batch[self.hparams["input_key"]]
+        key = self.hparams["input_key"]
+        if key not in batch:
+            raise ConfigError(
+                f"the batch has no input {key!r} (it holds {sorted(batch)}); set input_key to the data "
+                "module's input_key"
+            )
+        return batch[key]
 
     def _loss(self, logits: Tensor, target: Tensor) -> Tensor:
         if self.hparams["task"] == "multilabel":

@@ -116,6 +116,25 @@ def test_mismatched_pretraining_data_is_refused(pretrained_checkpoint: Path, tmp
         fit(model, data(adapter=other), tmp_path)
 
 
+def test_input_key_comes_from_the_data_module_unless_it_disagrees(
+    pretrained_checkpoint: Path, tmp_path: Path
+) -> None:
+    model = ClassificationModule(encoder_ckpt=str(pretrained_checkpoint), mode="linear", num_classes=2)
+    assert model.hparams["input_key"] is None
+    trainer = fit(model, data(), tmp_path)
+    assert model.hparams["input_key"] == "signal"
+    saved = tmp_path / "taken.ckpt"
+    trainer.save_checkpoint(saved, weights_only=True)
+    assert load_checkpoint(saved)["hyper_parameters"]["input_key"] == "signal"
+    wrong = ClassificationModule(
+        encoder_ckpt=str(pretrained_checkpoint), mode="linear", num_classes=2, input_key="image"
+    )
+    with pytest.raises(ConfigError, match="input_key is 'image' but the data module's samples hold 'signal'"):
+        fit(wrong, data(), tmp_path)
+    with pytest.raises(ConfigError, match="the batch has no input 'image'"):
+        wrong._inputs({"signal": torch.zeros(1), "label": torch.zeros(1)})
+
+
 def test_settings_errors(pretrained_checkpoint: Path) -> None:
     with pytest.raises(ConfigError, match="needs a pretrained encoder"):
         ClassificationModule(mode="finetune", num_classes=2)
