@@ -36,6 +36,11 @@ The objective never imports a modality: the text encoder is a ``{"class_path", "
 path of a function ``str → list[str]`` (e.g. ``modalities.xray.text.split_sentences``); all must lie
 under medcl's allowed packages (:data:`medcl.configurable.ALLOWED_PREFIXES`).
 
+**A pretrained text model** (e.g. ``modalities.xray.text_encoder.HuggingFaceTextEncoder`` on a locally
+installed CXR-BERT or BioClinicalBERT folder): with ``tokenizer=None`` the text encoder's own
+``tokenizer`` attribute is used as it is (nothing is fitted, nothing is stored in the checkpoint: the
+model folder holds it).
+
 **Tokenizer.** :meth:`GazeAlignment.setup_data` (called by :class:`~medcl.training.PretrainModule` when the
 data module is set up, before the item transform is made) fits the tokenizer on the sentences of the
 *training split's* reports only (``adapter.load_sample`` of every training row, so the text is exactly
@@ -250,7 +255,8 @@ class GazeAlignment(Configurable, BatchObjective):
     Args:
         text_encoder: ``{"class_path", "init_args"}`` of the text encoder (``forward(ids, mask) → (S,
             D_t)``, ``embedding_dim``; a ``vocab_size`` attribute bounds the tokenizer's vocabulary).
-        tokenizer: ``{"class_path", "init_args"}`` of the tokenizer class (see the module docstring).
+        tokenizer: ``{"class_path", "init_args"}`` of the tokenizer class (see the module docstring), or
+            None to use the text encoder's own pretrained ``tokenizer`` (a Hugging Face model's).
         sentence_splitter: dotted path of a function ``str → list[str]``.
         projection_dim: size of the shared image / patch / sentence embedding space.
         max_sentences: sentences kept per report.
@@ -275,7 +281,7 @@ class GazeAlignment(Configurable, BatchObjective):
     def __init__(
         self,
         text_encoder: dict[str, Any],
-        tokenizer: dict[str, Any],
+        tokenizer: dict[str, Any] | None,
         sentence_splitter: str,
         projection_dim: int = 128,
         max_sentences: int = 8,
@@ -316,7 +322,7 @@ class GazeAlignment(Configurable, BatchObjective):
         if disease_weight > 0 and (num_labels is None or int(num_labels) < 1):
             raise ConfigError("disease_weight > 0 needs num_labels (the number of findings of 'label')")
         self.text_encoder_spec = dict(text_encoder)
-        self.tokenizer_spec = dict(tokenizer)
+        self.tokenizer_spec = None if tokenizer is None else dict(tokenizer)
         self.text_encoder: nn.Module = instantiate_spec(self.text_encoder_spec)
         text_dim = getattr(self.text_encoder, "embedding_dim", None)
         if not isinstance(text_dim, int):
@@ -326,9 +332,20 @@ class GazeAlignment(Configurable, BatchObjective):
             raise ConfigError(
                 f"max_length {max_length} exceeds the text encoder's max_length {encoder_length}"
             )
-        self.tokenizer: Any = instantiate_spec(self.tokenizer_spec)  # unfitted until setup_data
-        self._tokenizer_class = type(self.tokenizer)
-        self._fitted = False
+        if self.tokenizer_spec is None:  # the text model's own, pretrained tokenizer
+            own = getattr(self.text_encoder, "tokenizer", None)
+            if not callable(getattr(own, "encode_batch", None)):
+                raise ConfigError(
+                    f"tokenizer is None but {type(self.text_encoder).__name__} has no tokenizer of its own "
+                    "(an attribute with encode_batch); give a tokenizer spec to fit on the reports"
+                )
+            self.tokenizer: Any = own
+            self._tokenizer_class: type | None = None
+            self._fitted = True
+        else:
+            self.tokenizer = instantiate_spec(self.tokenizer_spec)  # unfitted until setup_data
+            self._tokenizer_class = type(self.tokenizer)
+            self._fitted = False
         self.sentence_splitter = str(sentence_splitter)
         self._split = resolve_function(self.sentence_splitter)
         self.projection_dim = int(projection_dim)
@@ -373,6 +390,8 @@ class GazeAlignment(Configurable, BatchObjective):
 
     def fit_tokenizer(self, reports: Sequence[str]) -> None:
         """Fit the tokenizer on the sentences of ``reports`` (the training split's)."""
+        if self._tokenizer_class is None:
+            raise ConfigError("the text encoder's own tokenizer is pretrained: there is nothing to fit")
         sentences = [s for r in reports if isinstance(r, str) for s in self._split(r) if s.strip()]
         if not sentences:
             raise ConfigError("GazeAlignment: the training split has no report text to fit the tokenizer on")
@@ -409,12 +428,18 @@ class GazeAlignment(Configurable, BatchObjective):
         self.fit_tokenizer(reports)
 
     def get_extra_state(self) -> dict[str, Any]:
-        """The fitted tokenizer as plain data (``to_dict()``; None before fitting)."""
-        return {"tokenizer": self.tokenizer.to_dict() if self._fitted else None}
+        """The fitted tokenizer as plain data (``to_dict()``; None before fitting, and for the text
+        encoder's own tokenizer, which its model folder holds)."""
+        fitted_here = self._fitted and self._tokenizer_class is not None
+        return {"tokenizer": self.tokenizer.to_dict() if fitted_here else None}
 
     def set_extra_state(self, state: Any) -> None:
         data = state.get("tokenizer") if isinstance(state, dict) else None
         if data is not None:
+            if self._tokenizer_class is None:
+                raise ConfigError(
+                    "the checkpoint holds a fitted tokenizer but this objective uses its text encoder's own"
+                )
             self._set_tokenizer(self._tokenizer_class.from_dict(data))
 
     def item_transform(self, input_key: str) -> GazeAlignmentInputs:
