@@ -67,6 +67,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.transforms import Randomizable
+from monai.utils import MAX_SEED
 from torch import Tensor, nn
 
 from medcl import dist
@@ -174,6 +175,10 @@ class GazeAlignmentInputs(Randomizable):
         max_length: tokens per sentence ``L`` (longer sentences are truncated).
         report_key: the sample's report text (absent or empty: no sentences).
         gaze_key: the sample's heatmap ``(H, W)`` (absent: zeros and ``has_gaze = 0``).
+        view: a random image view applied first (a MONAI ``Randomizable`` dictionary transform that
+            moves ``gaze_key`` with the image, e.g. the X-ray adapter's anatomy-preserving
+            :class:`~modalities.xray.adapter.XrayViewd`), seeded from this transform's own generator;
+            None: the image is used as it is.
 
     Outputs (:attr:`output_keys`): ``input_key`` float32 ``(C, H, W)``; ``text_ids`` int64 and
     ``text_mask`` int64 ``(max_sentences, max_length)`` (rows past ``n_sentences`` are zero);
@@ -189,7 +194,11 @@ class GazeAlignmentInputs(Randomizable):
         max_length: int,
         report_key: str = "report",
         gaze_key: str = "gaze",
+        view: Any = None,
     ) -> None:
+        if view is not None and not callable(getattr(view, "set_random_state", None)):
+            raise ConfigError(f"view must be a Randomizable transform, got {type(view).__name__}")
+        self.view = view
         self.input_key = input_key
         self.tokenizer = tokenizer
         self.split_sentences = split_sentences
@@ -200,7 +209,9 @@ class GazeAlignmentInputs(Randomizable):
         self.output_keys = (input_key, TEXT_IDS, TEXT_MASK, N_SENTENCES, HEATMAP, HAS_GAZE)
 
     def randomize(self, data: Any = None) -> None:
-        """Nothing random: the inputs are the sample's own."""
+        """Seed the view (when there is one) from this transform's generator."""
+        if self.view is not None:
+            self.view.set_random_state(seed=int(self.R.randint(MAX_SEED)))
 
     def sentences(self, sample: dict[str, Any]) -> list[str]:
         """The sample's report sentences that are kept (non-empty, at most ``max_sentences``)."""
@@ -224,6 +235,9 @@ class GazeAlignmentInputs(Randomizable):
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         if self.input_key not in sample:
             raise ConfigError(f"GazeAlignmentInputs: the sample has no {self.input_key!r} array")
+        if self.view is not None:
+            self.randomize()
+            sample = self.view(dict(sample))  # the image and its heatmap, warped together
         out = dict(sample)
         image = np.asarray(sample[self.input_key], dtype=np.float32)
         ids, mask, n_sentences = self.encode_report(sample)
@@ -273,6 +287,10 @@ class GazeAlignment(Configurable, BatchObjective):
         disease_weight: weight of the disease-aware BCE (0: off).
         num_labels: number of findings of ``label`` (needed when ``disease_weight > 0``).
         gather_distributed: image-report candidates from every rank.
+        augment_images: give every training image (and its heatmap, moved with it) a random view from
+            the data's adapter (``adapter.view_transform()``; taken in :meth:`setup_data`): on small data
+            the pairs are otherwise memorised within a few epochs. Validation images get views too
+            (seeded, so the validation loss is reproducible); evaluation never does.
 
     Terms: ``loss``, ``image_report``, ``gaze``, ``gaze_text_to_image``, ``gaze_image_to_text``,
     ``disease``, ``with_report``, ``with_gaze``.
@@ -297,6 +315,7 @@ class GazeAlignment(Configurable, BatchObjective):
         disease_weight: float = 0.0,
         num_labels: int | None = None,
         gather_distributed: bool = True,
+        augment_images: bool = False,
     ) -> None:
         super().__init__()
         weights = {
@@ -362,6 +381,8 @@ class GazeAlignment(Configurable, BatchObjective):
         self.disease_weight = float(disease_weight)
         self.num_labels = None if num_labels is None else int(num_labels)
         self.gather_distributed = bool(gather_distributed)
+        self.augment_images = bool(augment_images)
+        self._make_view: Callable[[], Any] | None = None  # the adapter's view_transform (setup_data)
         self.text_head = nn.Linear(text_dim, self.projection_dim)
         self.image_head: nn.Module | None = None
         self.patch_head: nn.Module | None = None
@@ -410,11 +431,16 @@ class GazeAlignment(Configurable, BatchObjective):
         self._fitted = True
 
     def setup_data(self, datamodule: Any) -> None:
-        """Fit the tokenizer on the reports of the data module's *training* samples (kept if fitted)."""
+        """Fit the tokenizer on the reports of the data module's *training* samples (kept if fitted),
+        and take the adapter's random views when ``augment_images`` is on."""
+        adapter = getattr(datamodule, "adapter", None)
+        if self.augment_images:
+            if not callable(getattr(adapter, "view_transform", None)):
+                raise ConfigError("augment_images needs a data module whose adapter has view_transform()")
+            self._make_view = adapter.view_transform
         if self._fitted:
             return
         samples = getattr(datamodule, "samples", {}).get("train")
-        adapter = getattr(datamodule, "adapter", None)
         if samples is None or adapter is None:
             raise ConfigError("GazeAlignment.setup_data needs a set-up data module with an adapter")
         reports: list[str] = []
@@ -448,9 +474,15 @@ class GazeAlignment(Configurable, BatchObjective):
                 "GazeAlignment: the tokenizer is not fitted; PretrainModule.setup calls "
                 "setup_data(datamodule) first (or call fit_tokenizer on the training reports)"
             )
+        if self.augment_images and self._make_view is None:
+            raise ConfigError(
+                "augment_images: the adapter's views are not known yet; PretrainModule.setup calls "
+                "setup_data(datamodule) first"
+            )
         self.input_key = str(input_key)
+        view = self._make_view() if self.augment_images and self._make_view is not None else None
         return GazeAlignmentInputs(
-            input_key, self.tokenizer, self._split, self.max_sentences, self.max_length
+            input_key, self.tokenizer, self._split, self.max_sentences, self.max_length, view=view
         )
 
     # -- the loss ----------------------------------------------------------------------------------

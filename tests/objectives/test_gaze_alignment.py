@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -17,15 +18,18 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from monai.utils import MAX_SEED
 from torch.utils.data import default_collate
 
 from medcl.checkpoints import load_checkpoint
 from medcl.configurable import instantiate_spec, module_spec
+from medcl.errors import ConfigError
 from medcl.losses.gaze import gaze_alignment_loss, pool_heatmaps_to_patches
 from medcl.losses.infonce import info_nce_loss
 from medcl.objectives import GazeAlignment
 from medcl.objectives.gaze_alignment import cross_modal_multi_positive_info_nce
 from medcl.training.cli import PretrainCLI
+from modalities.xray.adapter import XrayViewd
 from modalities.xray.encoders import XrayResNet
 from modalities.xray.text import BPETokenizer, split_sentences
 
@@ -328,6 +332,44 @@ def test_tokenizer_is_fitted_on_training_reports_only() -> None:
     # the item transform refuses to run before fitting
     with pytest.raises(Exception, match="not fitted"):
         make_objective().item_transform("image")
+
+
+def test_augmented_images_are_the_adapters_views_seeded_per_sample() -> None:
+    """augment_images: the item transform applies the adapter's view (image and heatmap together),
+    drawn from its own seeded generator."""
+    objective = fitted(make_objective(augment_images=True))
+    with pytest.raises(ConfigError, match="views are not known yet"):
+        objective.item_transform("image")
+    data = SimpleNamespace(adapter=SimpleNamespace(view_transform=XrayViewd))
+    objective.setup_data(data)  # tokenizer already fitted: only the views are taken
+    transform = objective.item_transform("image")
+    rng = np.random.default_rng(0)
+    sample = {
+        "image": rng.random((1, SIZE, SIZE)).astype(np.float32),
+        "report": REPORTS[0],
+        "gaze": blob((20, 40)),
+    }
+
+    def made(seed: int) -> dict[str, Any]:
+        transform.set_random_state(seed=seed)
+        return transform(dict(sample))
+
+    first, again, other = made(7), made(7), made(8)
+    view = XrayViewd()
+    view.set_random_state(seed=int(np.random.RandomState(7).randint(MAX_SEED)))
+    expected = view(dict(sample))
+    np.testing.assert_array_equal(first["image"], expected["image"])
+    np.testing.assert_array_equal(first["heatmap"], expected["gaze"])  # the heatmap moved with the image
+    assert not np.array_equal(first["image"], sample["image"])
+    np.testing.assert_array_equal(first["image"], again["image"])
+    assert not np.array_equal(first["image"], other["image"])
+    assert float(first["heatmap"].sum()) == pytest.approx(1.0, abs=1e-5) and bool(first["has_gaze"])
+    # the text side is not augmented
+    np.testing.assert_array_equal(first["text_ids"], other["text_ids"])
+    # without augment_images the image passes through unchanged
+    plain = fitted(make_objective()).item_transform("image")
+    plain.set_random_state(seed=7)
+    np.testing.assert_array_equal(plain(dict(sample))["image"], sample["image"])
 
 
 def test_checkpoint_round_trip_rebuilds_tokenizer_and_text_encoder() -> None:
