@@ -2,8 +2,9 @@
 
 1. Pretrain with ``configs/pretrain/gaze_cxr.yaml`` (image-report InfoNCE with same-patient positives +
    the gaze term on ANNOTATION-DERIVED spatial priors: no real gaze exists here) for ``--epochs`` epochs,
-   through the same command-line front end as ``medcl pretrain``. Its patient split (random 70/15/15,
-   seed 0) is saved in the run folder and reused below, so no test patient is ever trained on.
+   through the same command-line front end as ``medcl pretrain``, and keep the checkpoint with the
+   lowest validation loss (``--select last``: the last one). Its patient split (random 70/15/15, seed 0)
+   is saved in the run folder and reused below, so no test patient is ever trained on or chooses.
 2. On the TEST patients' frontal images: zero-shot classification of the findings from text prompts
    (:data:`PROMPTS`, AUROC per finding) and patient-aware image↔report retrieval (P@1, R@5), for the
    pretrained towers, for the same architecture untrained (random weights, the same fitted tokenizer),
@@ -57,8 +58,9 @@ PROMPTS: dict[str, list[str]] = {
 }
 
 
-def pretrain(out: Path, epochs: int) -> Path:
-    """Run the config (as ``medcl pretrain --config``) and return its ``last.ckpt``."""
+def pretrain(out: Path, epochs: int, select: str) -> Path:
+    """Run the config (as ``medcl pretrain --config``) and return its ``last.ckpt`` or (``select="best"``)
+    the checkpoint with the lowest validation loss (validation patients only; test never chooses)."""
     os.chdir(REPO)  # the config's data paths are relative to the repository root
     PretrainCLI(
         args=[
@@ -72,7 +74,11 @@ def pretrain(out: Path, epochs: int) -> Path:
         ]
     )
     runs = sorted((out / "gaze_cxr").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
-    return runs[-1] / "checkpoints" / "last.ckpt"
+    checkpoints = runs[-1] / "checkpoints"
+    if select == "last":
+        return checkpoints / "last.ckpt"
+    (best,) = checkpoints.glob("best-*.ckpt")  # the config keeps the top 1 by val/loss
+    return best
 
 
 def adapter_from(checkpoint: dict[str, Any], **changes: Any) -> Any:
@@ -116,7 +122,13 @@ def fmt(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/bench_xray")
-    parser.add_argument("--epochs", type=int, default=20, help="pretraining epochs")
+    parser.add_argument("--epochs", type=int, default=12, help="pretraining epochs")
+    parser.add_argument(
+        "--select",
+        choices=("best", "last"),
+        default="best",
+        help="evaluate the pretraining checkpoint with the lowest validation loss, or the last one",
+    )
     parser.add_argument("--ckpt", default=None, help="reuse this gaze_cxr pretraining checkpoint")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.25, 1.0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -131,7 +143,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
 
-    ckpt_path = Path(args.ckpt).resolve() if args.ckpt else pretrain(out, args.epochs)
+    ckpt_path = Path(args.ckpt).resolve() if args.ckpt else pretrain(out, args.epochs, args.select)
     pretrain_seconds = time.monotonic() - started
     checkpoint = load_checkpoint(ckpt_path)
     split = SplitConfig(method="file", file=str(ckpt_path.parents[1] / "splits.csv"), unassigned="drop")
@@ -175,6 +187,8 @@ def main() -> None:
     results = {
         "checkpoint": str(ckpt_path),
         "pretrain_epochs": None if args.ckpt else args.epochs,
+        "selected": None if args.ckpt else args.select,
+        "checkpoint_epoch": int(checkpoint.get("epoch", -1)),
         "pretrain_seconds": None if args.ckpt else pretrain_seconds,
         "total_seconds": time.monotonic() - started,
         "prompts": PROMPTS,
