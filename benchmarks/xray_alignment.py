@@ -231,14 +231,19 @@ def main() -> None:
         "| from scratch |"
     )
     print("|---|---|---|---|---|")
+    arms = ("linear_probe", "linear_probe_random_init", "finetune", "scratch")
     for fraction in args.fractions:
         at = runs[runs["fraction"] == fraction]
         patients = int(at["train_patients"].iloc[0])
-        cells = [
-            fmt(list(at[at["arm"] == arm]["auroc"]))
-            for arm in ("linear_probe", "linear_probe_random_init", "finetune", "scratch")
-        ]
+        cells = [fmt(list(at[at["arm"] == arm]["auroc"])) for arm in arms]
         print(f"| {fraction:.0%} ({patients}) | " + " | ".join(cells) + " |")
+    # the one finding with enough test images on both sides to be read on its own
+    print(f"\n{FINDINGS[0]} alone (test AUROC):\n| training patients | " + " | ".join(arms) + " |")
+    print("|---" * (len(arms) + 1) + "|")
+    for fraction in args.fractions:
+        at = runs[runs["fraction"] == fraction]
+        cells = [fmt([r[0] for r in at[at["arm"] == arm]["auroc_per_class"]]) for arm in arms]
+        print(f"| {fraction:.0%} | " + " | ".join(cells) + " |")
     print(f"\ntotal {time.monotonic() - started:.0f} s; results in {out / 'results.json'}")
 
 

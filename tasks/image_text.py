@@ -33,12 +33,12 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from medcl.checkpoints import encoder_from_checkpoint, load_checkpoint
 from medcl.configurable import instantiate_spec
 from medcl.errors import ConfigError
+from tasks.metrics import per_class_auroc
 
 __all__ = [
     "ImageTextModel",
@@ -158,20 +158,6 @@ def zero_shot_scores(
     if negative is not None:
         scores = scores - image_embeddings @ np.asarray(negative, dtype=np.float64).T
     return scores
-
-
-def per_class_auroc(scores: np.ndarray, targets: np.ndarray) -> list[float]:
-    """AUROC of each column of ``scores`` ``(N, K)`` against multi-hot ``targets`` ``(N, K)``; NaN for a
-    class without positives or without negatives."""
-    scores, targets = np.asarray(scores, dtype=np.float64), np.asarray(targets)
-    if scores.shape != targets.shape or scores.ndim != 2:
-        raise ConfigError(f"scores and targets must both be (N, K), got {scores.shape} and {targets.shape}")
-    out = []
-    for k in range(scores.shape[1]):
-        positives = int(targets[:, k].sum())
-        defined = 0 < positives < len(targets)
-        out.append(float(roc_auc_score(targets[:, k], scores[:, k])) if defined else float("nan"))
-    return out
 
 
 def _check_groups(embeddings: np.ndarray, groups: Sequence[Any], what: str) -> np.ndarray:

@@ -55,6 +55,8 @@ class ArmResult:
     seconds: float
     checkpoint: str = ""
     probe_c: float | None = None
+    #: multi-label tasks: AUROC of each class (NaN where the test split cannot score it)
+    auroc_per_class: list[float] | None = None
 
 
 def default_epochs(fraction: float) -> int:
@@ -141,6 +143,7 @@ def run_label_efficiency(
                     seconds=time.monotonic() - started,
                     checkpoint=saved,
                     probe_c=scores.get("C"),
+                    auroc_per_class=scores.get("auroc_per_class"),
                 )
                 rows.append(result)
                 if progress is not None:

@@ -9,12 +9,14 @@ MI in NORM vs MI).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score, roc_auc_score
 
 from medcl.errors import ConfigError
 
-__all__ = ["classification_metrics"]
+__all__ = ["classification_metrics", "per_class_auroc"]
 
 
 def _one_hot(targets: np.ndarray, n_classes: int) -> np.ndarray:
@@ -23,7 +25,21 @@ def _one_hot(targets: np.ndarray, n_classes: int) -> np.ndarray:
     return out
 
 
-def classification_metrics(probabilities: np.ndarray, targets: np.ndarray, task: str) -> dict[str, float]:
+def per_class_auroc(scores: np.ndarray, targets: np.ndarray) -> list[float]:
+    """AUROC of each column of ``scores`` ``(N, K)`` against multi-hot ``targets`` ``(N, K)``; NaN for a
+    class without positives or without negatives."""
+    scores, targets = np.asarray(scores, dtype=np.float64), np.asarray(targets)
+    if scores.shape != targets.shape or scores.ndim != 2:
+        raise ConfigError(f"scores and targets must both be (N, K), got {scores.shape} and {targets.shape}")
+    out = []
+    for k in range(scores.shape[1]):
+        positives = int(targets[:, k].sum())
+        defined = 0 < positives < len(targets)
+        out.append(float(roc_auc_score(targets[:, k], scores[:, k])) if defined else float("nan"))
+    return out
+
+
+def classification_metrics(probabilities: np.ndarray, targets: np.ndarray, task: str) -> dict[str, Any]:
     """Scores of predictions against targets.
 
     Args:
@@ -35,7 +51,8 @@ def classification_metrics(probabilities: np.ndarray, targets: np.ndarray, task:
     Returns:
         ``auroc``, ``auprc`` (macro over scorable classes; NaN when none), ``f1_macro`` (argmax for
         multi-class, threshold 0.5 for multi-label), ``accuracy`` (multi-class: fraction correct;
-        multi-label: fraction of correct (sample, class) decisions), ``n`` and ``classes_scored``.
+        multi-label: fraction of correct (sample, class) decisions), ``n`` and ``classes_scored``; for
+        multi-label targets also ``auroc_per_class`` (a list of ``K``, NaN where a class cannot be scored).
     """
     probabilities = np.asarray(probabilities, dtype=np.float64)
     targets = np.asarray(targets)
@@ -66,7 +83,7 @@ def classification_metrics(probabilities: np.ndarray, targets: np.ndarray, task:
         if 0 < positives < n:
             aurocs.append(roc_auc_score(truth[:, c], probabilities[:, c]))
             auprcs.append(average_precision_score(truth[:, c], probabilities[:, c]))
-    return {
+    out: dict[str, Any] = {
         "auroc": float(np.mean(aurocs)) if aurocs else float("nan"),
         "auprc": float(np.mean(auprcs)) if auprcs else float("nan"),
         "f1_macro": float(f1),
@@ -74,3 +91,6 @@ def classification_metrics(probabilities: np.ndarray, targets: np.ndarray, task:
         "n": int(n),
         "classes_scored": len(aurocs),
     }
+    if task == "multilabel":
+        out["auroc_per_class"] = per_class_auroc(probabilities, truth)
+    return out

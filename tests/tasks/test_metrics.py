@@ -51,6 +51,11 @@ def test_multilabel_skips_classes_without_positives() -> None:
         np.mean([average_precision_score(targets[:, k], probabilities[:, k]) for k in (0, 1)])
     )
     assert scores["accuracy"] == pytest.approx(np.mean((probabilities >= 0.5) == targets))
+    per_class = scores["auroc_per_class"]
+    assert len(per_class) == 3 and np.isnan(per_class[2])
+    for k in (0, 1):
+        assert per_class[k] == pytest.approx(roc_auc_score(targets[:, k], probabilities[:, k]))
+    assert "auroc_per_class" not in classification_metrics(probabilities[:, :2], targets[:, 0], "multiclass")
 
 
 def test_shape_errors() -> None:
