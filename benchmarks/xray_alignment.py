@@ -159,6 +159,17 @@ def main() -> None:
         **{f"untrained_seed{s}": untrained_like(model, checkpoint, s) for s in args.seeds},
     }
     alignment = {name: evaluate_image_text(m, adapter, test, PROMPTS).to_dict() for name, m in towers.items()}
+    # diagnostic: does the objective align the pairs it was trained on? (the run's last checkpoint, on
+    # the training patients and on the test patients)
+    last = ImageTextModel.from_checkpoint(ckpt_path.parent / "last.ckpt")
+    last_epoch = int(load_checkpoint(ckpt_path.parent / "last.ckpt").get("epoch", -1))
+    diagnostic = {
+        split_name: {
+            "epoch": last_epoch,
+            **evaluate_image_text(last, adapter, data.samples[split_name], PROMPTS).to_dict(),
+        }
+        for split_name in ("train", "test")
+    }
 
     # -- probes and fine-tuning on the labelled images -------------------------------------------------
     labelled = adapter_from(
@@ -193,6 +204,7 @@ def main() -> None:
         "total_seconds": time.monotonic() - started,
         "prompts": PROMPTS,
         "alignment": alignment,
+        "last_checkpoint_diagnostic": diagnostic,
         "label_efficiency": runs.to_dict(orient="records"),
         "machine": {
             "platform": platform.platform(),
@@ -226,6 +238,16 @@ def main() -> None:
                 f"| {label} {metric} | {pre[direction][metric]:.3f} | {fmt(row)} | "
                 f"{pre['chance_' + direction][metric]:.3f} |"
             )
+    print(f"\nlast checkpoint (epoch {last_epoch}), retrieval on the training vs the test patients:")
+    print("| split | image → report P@1 | R@5 | random P@1 | report → image P@1 | R@5 | random P@1 |")
+    print("|---|---|---|---|---|---|---|")
+    for split_name, found in diagnostic.items():
+        i2t, t2i = found["image_to_report"], found["report_to_image"]
+        c_i2t, c_t2i = found["chance_image_to_report"], found["chance_report_to_image"]
+        print(
+            f"| {split_name} ({found['images']} images) | {i2t['P@1']:.3f} | {i2t['R@5']:.3f} | "
+            f"{c_i2t['P@1']:.3f} | {t2i['P@1']:.3f} | {t2i['R@5']:.3f} | {c_t2i['P@1']:.3f} |"
+        )
     print(
         "\n| training patients | linear probe, pretrained | linear probe, random init | fine-tuned "
         "| from scratch |"

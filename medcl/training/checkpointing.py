@@ -25,7 +25,9 @@ pieces make that true; :class:`~medcl.training.PretrainModule` installs the firs
   when the strategy has Lightning's default one. (Lightning's own writer serialises to memory and
   moves a file from the system temporary folder over the target: a rename only when that folder is
   on the same file system, otherwise a copy, during which a kill leaves a truncated checkpoint.)
-* :class:`ResumableCheckpoint` is Lightning's ``ModelCheckpoint`` with two changes: ``--ckpt_path
+* :class:`ResumableCheckpoint` is Lightning's ``ModelCheckpoint`` with three changes: ``last.ckpt`` is
+  written at the end of every epoch (Lightning 2.6 refreshes it only together with a new top-k
+  checkpoint, so with a monitored metric it would stay at the best epoch), ``--ckpt_path
   last`` also finds the ``last.ckpt`` of earlier *versions* of the run (a logger such as ``CSVLogger``
   starts a new ``version_N`` folder at every launch, so Lightning alone looks for ``last.ckpt`` in the
   new, empty folder and silently starts from scratch), and ``save_last="link"`` replaces the link
@@ -199,8 +201,14 @@ def _follow_current_epoch(trainer: L.Trainer) -> None:
 
 
 class ResumableCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` (same arguments) whose ``last`` checkpoint a relaunched run finds and whose
-    ``save_last="link"`` is atomic.
+    """``ModelCheckpoint`` (same arguments) whose ``last`` checkpoint is the last one, which a relaunched
+    run finds, and whose ``save_last="link"`` is atomic.
+
+    Since Lightning 2.6, ``ModelCheckpoint`` refreshes ``last.ckpt`` at the end of an epoch only when it
+    also saved a top-k checkpoint at that step: with ``monitor`` and ``save_top_k=1``, ``last.ckpt`` stays
+    at the best epoch, so ``--ckpt_path last`` would silently resume from there (losing every epoch
+    since) and "the last model" would be the best one. Here ``last`` is written at every epoch end where
+    Lightning's would be considered (a full checkpoint when there is no new top-k file to link to).
 
     Without ``dirpath``, checkpoints go to ``<save_dir>/<name>/<version>/checkpoints`` of the first
     logger, and a relaunch gets a new version folder. ``trainer.fit(ckpt_path="last")`` (``--ckpt_path
@@ -208,6 +216,31 @@ class ResumableCheckpoint(ModelCheckpoint):
     Lightning resumes from the newest (by modification time). The resumed run writes its logs and
     checkpoints to its own new version folder.
     """
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_every_epoch(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_every_epoch(trainer)
+
+    def _save_last_every_epoch(self, trainer: L.Trainer) -> None:
+        """Write ``last`` unless Lightning just did (a top-k save at this step writes it too)."""
+        if not self.save_last or self._should_skip_saving_checkpoint(trainer):
+            return  # also when a checkpoint of this very step was saved already
+        candidates = self._monitor_candidates(trainer)
+        if self.save_last != "link":
+            self._save_last_checkpoint(trainer, candidates)
+            return
+        # "link" would point at the newest top-k file, which is older than this step: save in full
+        filepath = self.format_checkpoint_name(candidates, self.CHECKPOINT_NAME_LAST)
+        previous, self.last_model_path = self.last_model_path, filepath
+        self._save_checkpoint(trainer, filepath)
+        if previous and self._should_remove_checkpoint(trainer, previous, filepath):
+            self._remove_checkpoint(trainer, previous)
 
     def _find_last_checkpoints(self, trainer: L.Trainer) -> set[str]:
         found = super()._find_last_checkpoints(trainer)

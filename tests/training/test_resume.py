@@ -658,3 +658,46 @@ def load_checkpoint_or_none(path: Path) -> dict[str, Any] | None:
         return load_checkpoint(path)
     except (CorruptFileError, OSError):
         return None
+
+
+class _WorseningModel(L.LightningModule):
+    """A validation metric that gets worse every epoch: only epoch 0 is ever a top-1 checkpoint."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return self.layer(batch).pow(2).mean()
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self.log("val_metric", float(self.current_epoch))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("save_last", [True, "link"])
+def test_last_ckpt_is_the_last_epoch_even_when_the_monitor_stops_improving(
+    tmp_path: Path, save_last: bool | str
+) -> None:
+    """Lightning 2.6 refreshes last.ckpt only with a new top-k file: it would stay at epoch 0 here."""
+    loader = torch.utils.data.DataLoader(torch.randn(8, 2), batch_size=4)
+    callback = ResumableCheckpoint(
+        dirpath=tmp_path, monitor="val_metric", mode="min", save_top_k=1, save_last=save_last, filename="best"
+    )
+    trainer = L.Trainer(
+        max_epochs=3,
+        callbacks=[callback],
+        logger=False,
+        accelerator="cpu",
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    model = _WorseningModel()
+    trainer.fit(model, loader, loader)
+    last, best = load_checkpoint(tmp_path / "last.ckpt"), load_checkpoint(tmp_path / "best.ckpt")
+    assert (best["epoch"], best["global_step"]) == (0, 2)
+    assert (last["epoch"], last["global_step"]) == (2, 6)
+    torch.testing.assert_close(last["state_dict"]["layer.weight"], model.layer.weight.detach())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]
