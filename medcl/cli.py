@@ -245,10 +245,11 @@ def run_export(argv: Sequence[str]) -> int:
     metadata = export_classifier(args.ckpt, args.out, opset=args.opset, rtol=args.rtol, atol=args.atol)
     parity = metadata["parity"]
     real = parity["real"]
+    kind = "images" if metadata["input"].get("layout") == "(B, C, H, W)" else "windows"
     real_text = (
-        f"real windows ({real['n_inputs']}): max abs error {real['max_abs_error']:.2g}"
+        f"real {kind} ({real['n_inputs']}): max abs error {real['max_abs_error']:.2g}"
         if real.get("passed") is not None
-        else f"real windows: skipped ({real['skipped']})"
+        else f"real {kind}: skipped ({real['skipped']})"
     )
     print(
         f"wrote {args.out}: {metadata['task']} over {', '.join(metadata['class_names'])}; parity vs torch: "

@@ -269,7 +269,7 @@ def test_cli_export_reports_parity(
     out = tmp_path / "cxr.onnx"
     assert medcl_main(["export", "--ckpt", str(xray_checkpoint), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert f"multilabel over {', '.join(CLASSES)}" in printed and "real windows (" in printed
+    assert f"multilabel over {', '.join(CLASSES)}" in printed and "real images (" in printed
     assert OnnxPredictor(out).metadata["modality"] == "xray"
 
 
