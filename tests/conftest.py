@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 import wfdb
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -268,3 +270,59 @@ def write_record() -> Callable[..., Path]:
 def set_length() -> Callable[[Path, int], None]:
     """:func:`set_header_length`, for tests."""
     return set_header_length
+
+
+# --------------------------------------------------------------------------------------------------
+# DICOM radiographs written from real pixels (the X-ray reader, indexing and predictor tests)
+# --------------------------------------------------------------------------------------------------
+CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+
+
+def write_cr_dicom(
+    path: Path,
+    stored: np.ndarray,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int = 12,
+    view: str | None = "PA",
+    spacing: tuple[float, float] | None = (0.139, 0.143),
+    **tags: Any,
+) -> Path:
+    """A single-frame CR radiograph (Explicit VR Little Endian, 16-bit words) holding ``stored`` (the
+    stored values, unsigned) with the given header; ``tags`` are set as DICOM keywords (``RescaleSlope``,
+    ``WindowCenter``, ``VOILUTSequence``, ...)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = CR_IMAGE_STORAGE
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "CR"
+    ds.PatientID = "anon"
+    ds.BodyPartExamined = "CHEST"
+    if view is not None:
+        ds.ViewPosition = view
+    if spacing is not None:
+        ds.ImagerPixelSpacing = [f"{spacing[0]:g}", f"{spacing[1]:g}"]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.Rows, ds.Columns = (int(s) for s in stored.shape)
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 0
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.PixelData = np.ascontiguousarray(stored, dtype="<u2").tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def make_cr_dicom() -> Callable[..., Path]:
+    """:func:`write_cr_dicom`, for tests."""
+    return write_cr_dicom

@@ -10,14 +10,13 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from export.onnx import export_classifier, load_classifier
 from export.predictor import ImagePrediction, ModelMetadataError, OnnxPredictor
@@ -32,7 +31,6 @@ CLASSES = ["COVID-19", "SARS", "No Finding", "Pneumocystis"]
 #: patients per finding in the subset (only patients whose frontal images carry exactly that finding)
 PATIENTS = {"COVID-19": 8, "SARS": 4, "No Finding": 5, "Pneumocystis": 4}
 IMAGE_SIZE = 64
-CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 BLOCK_TORCH = """
 import importlib.abc, sys
 class Block(importlib.abc.MetaPathFinder):
@@ -41,35 +39,6 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError(f"{name} is blocked: the predictor must not need it")
 sys.meta_path.insert(0, Block())
 """
-
-
-def write_cr_dicom(path: Path, stored: np.ndarray, photometric: str, bits_stored: int = 12) -> Path:
-    """A single-frame CR radiograph (Explicit VR Little Endian, 16-bit words, no VOI window) holding
-    ``stored`` (unsigned stored values); the approach of tests/modalities/xray/conftest.py."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CR_IMAGE_STORAGE
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "CR"
-    ds.PatientID = "anon"
-    ds.ViewPosition = "PA"
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.Rows, ds.Columns = (int(s) for s in stored.shape)
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 0
-    ds.PixelData = np.ascontiguousarray(stored, dtype="<u2").tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -165,13 +134,15 @@ def jpegs(covid_subset: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def dicom_from_real_pixels(jpegs: list[Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def dicom_from_real_pixels(
+    jpegs: list[Path], tmp_path_factory: pytest.TempPathFactory, make_cr_dicom: Callable[..., Path]
+) -> tuple[Path, Path]:
     """``(jpeg, dicom)``: a MONOCHROME1 12-bit CR DICOM without a file suffix whose stored values are the
     real JPEG's grey levels, inverted and scaled by 16."""
     jpeg = jpegs[0]
     grey = np.round(read_xray(jpeg).pixels * 255).astype(np.uint16)
     path = tmp_path_factory.mktemp("dicom") / "radiograph"  # no suffix: found from the content
-    return jpeg, write_cr_dicom(path, (255 - grey) * 16, "MONOCHROME1")
+    return jpeg, make_cr_dicom(path, (255 - grey) * 16, "MONOCHROME1", view="PA", spacing=None)
 
 
 def test_metadata_holds_modality_labels_and_the_preprocessing_spec(
@@ -237,6 +208,7 @@ def test_predictor_and_cli_run_with_torch_lightning_and_monai_blocked(
         BLOCK_TORCH
         + f"""
 import json
+from collections.abc import Callable
 from export import OnnxPredictor
 predictor = OnnxPredictor({model_path!r})
 out = [predictor.predict_file(p).probabilities.tolist() for p in {files!r}]
