@@ -98,6 +98,8 @@ class ManifestDataModule(L.LightningDataModule):
         self.n_views = 0
         #: set by a BatchObjective's training module (see PretrainModule.setup): replaces the views
         self.item_transform: Any = None
+        #: the item transform of validation and test samples where it differs (None: item_transform)
+        self.eval_item_transform: Any = None
         self.indexed: IndexedData | None = None
         self.assignment: pd.Series | None = None
         self.samples: dict[str, pd.DataFrame] = {}
@@ -250,9 +252,16 @@ class ManifestDataModule(L.LightningDataModule):
 
     # ----------------------------------------------------------------------------------------------
     def dataset(self, split: str, n_views: int | None = None) -> ManifestDataset:
-        """The dataset of one split (after :meth:`setup`); ``n_views=0`` gives preprocessed inputs."""
+        """The dataset of one split (after :meth:`setup`); ``n_views=0`` gives preprocessed inputs.
+
+        A batch objective's ``item_transform`` applies to every split, except that validation and test
+        samples get ``eval_item_transform`` when one is set (e.g. the same inputs without augmentation).
+        """
         if split not in self.samples:
             raise ConfigError(f"unknown split {split!r} or setup() not run yet")
+        item_transform = self.item_transform
+        if split != "train" and self.eval_item_transform is not None:
+            item_transform = self.eval_item_transform
         return ManifestDataset(
             self.samples[split],
             self.adapter,
@@ -261,7 +270,7 @@ class ManifestDataModule(L.LightningDataModule):
             on_error=self.on_error,
             label_names=self.class_names,
             label_mode=self.adapter.label_mode,
-            item_transform=self.item_transform if (n_views is None or n_views > 0) else None,
+            item_transform=item_transform if (n_views is None or n_views > 0) else None,
         )
 
 

@@ -75,6 +75,12 @@ class BatchObjective(Objective):
         """The per-sample transform; ``input_key`` names the sample's main array (e.g. ``"image"``)."""
         raise NotImplementedError
 
+    def eval_item_transform(self, input_key: str) -> Any:
+        """The per-sample transform of validation and test samples when it must differ from
+        :meth:`item_transform` (e.g. without image augmentation, so that the validation loss that selects
+        checkpoints measures the data, not the augmentation); None (the default): the same transform."""
+        return None
+
     def forward_batch(self, encoder: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Named scalar loss terms (the total under ``"loss"``) of one collated batch."""
         raise NotImplementedError

@@ -289,8 +289,8 @@ class GazeAlignment(Configurable, BatchObjective):
         gather_distributed: image-report candidates from every rank.
         augment_images: give every training image (and its heatmap, moved with it) a random view from
             the data's adapter (``adapter.view_transform()``; taken in :meth:`setup_data`): on small data
-            the pairs are otherwise memorised within a few epochs. Validation images get views too
-            (seeded, so the validation loss is reproducible); evaluation never does.
+            the pairs are otherwise memorised within a few epochs. Validation and test images are
+            not augmented (:meth:`eval_item_transform`), nor is anything in evaluation.
 
     Terms: ``loss``, ``image_report``, ``gaze``, ``gaze_text_to_image``, ``gaze_image_to_text``,
     ``disease``, ``with_report``, ``with_gaze``.
@@ -469,6 +469,17 @@ class GazeAlignment(Configurable, BatchObjective):
             self._set_tokenizer(self._tokenizer_class.from_dict(data))
 
     def item_transform(self, input_key: str) -> GazeAlignmentInputs:
+        """Tokenised sentences, the heatmap and, with ``augment_images``, the adapter's random view of
+        the image (and heatmap) of every training sample."""
+        return self._inputs(input_key, augment=self.augment_images)
+
+    def eval_item_transform(self, input_key: str) -> GazeAlignmentInputs | None:
+        """Validation and test samples: the same inputs without the random view (None when training
+        samples are not augmented either), so the validation loss that selects checkpoints is not
+        moved by the augmentation drawn at each epoch."""
+        return self._inputs(input_key, augment=False) if self.augment_images else None
+
+    def _inputs(self, input_key: str, augment: bool) -> GazeAlignmentInputs:
         if not self._fitted:
             raise ConfigError(
                 "GazeAlignment: the tokenizer is not fitted; PretrainModule.setup calls "
@@ -480,7 +491,7 @@ class GazeAlignment(Configurable, BatchObjective):
                 "setup_data(datamodule) first"
             )
         self.input_key = str(input_key)
-        view = self._make_view() if self.augment_images and self._make_view is not None else None
+        view = self._make_view() if augment and self._make_view is not None else None
         return GazeAlignmentInputs(
             input_key, self.tokenizer, self._split, self.max_sentences, self.max_length, view=view
         )

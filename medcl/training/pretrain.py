@@ -125,6 +125,8 @@ class PretrainModule(L.LightningModule):
                 setup_data(datamodule)
             # The objective makes its own inputs from every sample (crops, mirror images): tell the data.
             datamodule.item_transform = self.objective.item_transform(adapter.input_key)
+            # ... and, where they differ, for validation and test samples (e.g. without augmentation)
+            datamodule.eval_item_transform = self.objective.eval_item_transform(adapter.input_key)
 
     def configure_model(self) -> None:
         """Compile the encoder when ``compile_encoder`` is on (once; the Trainer calls this per stage).

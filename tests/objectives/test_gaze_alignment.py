@@ -366,8 +366,17 @@ def test_augmented_images_are_the_adapters_views_seeded_per_sample() -> None:
     assert float(first["heatmap"].sum()) == pytest.approx(1.0, abs=1e-5) and bool(first["has_gaze"])
     # the text side is not augmented
     np.testing.assert_array_equal(first["text_ids"], other["text_ids"])
-    # without augment_images the image passes through unchanged
-    plain = fitted(make_objective()).item_transform("image")
+    # validation and test samples: the same inputs without the view
+    evaluation = objective.eval_item_transform("image")
+    evaluation.set_random_state(seed=7)
+    unaugmented = evaluation(dict(sample))
+    np.testing.assert_array_equal(unaugmented["image"], sample["image"])
+    np.testing.assert_allclose(unaugmented["heatmap"], sample["gaze"] / sample["gaze"].sum(), atol=1e-7)
+    np.testing.assert_array_equal(unaugmented["text_ids"], first["text_ids"])
+    # without augment_images the image passes through unchanged, in every split
+    plain_objective = fitted(make_objective())
+    assert plain_objective.eval_item_transform("image") is None
+    plain = plain_objective.item_transform("image")
     plain.set_random_state(seed=7)
     np.testing.assert_array_equal(plain(dict(sample))["image"], sample["image"])
 

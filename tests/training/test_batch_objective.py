@@ -108,3 +108,69 @@ def test_batch_objective_gets_seeded_items_and_step_hook(bundled_ptbxl, tmp_path
     # The epoch reached the batch sampler (Lightning sets it through `batch_sampler.sampler`): the second
     # epoch is a different plan, so the check above used epoch 1's seeds for it.
     assert not torch.equal(objective.batches[0]["index"], objective.batches[2]["index"])
+
+
+class FirstCropPair(RandomCropPair):
+    """Both crops at offset 0: a transform without randomness (as an objective's evaluation inputs)."""
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        signal = np.asarray(sample[self.input_key])
+        out = dict(sample)
+        out["crop_a"] = out["crop_b"] = signal[:, :CROP].astype(np.float32)
+        out["offsets"] = np.zeros(2, dtype=np.int64)
+        return out
+
+
+class CropAgreementFixedInEval(CropAgreement):
+    """Random crops for training samples, the first crops for validation and test samples."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.training_flags: list[bool] = []
+
+    def eval_item_transform(self, input_key: str) -> FirstCropPair:
+        return FirstCropPair(input_key)
+
+    def forward_batch(self, encoder: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+        self.training_flags.append(self.training)
+        return super().forward_batch(encoder, batch)
+
+
+def test_validation_samples_get_the_objectives_eval_transform(bundled_ptbxl, tmp_path) -> None:
+    """An objective's eval_item_transform (e.g. without augmentation) makes the validation and test
+    items; training items keep item_transform; without one, every split gets item_transform."""
+    L.seed_everything(0)
+    adapter = SignalAdapter(root=str(bundled_ptbxl), window_s=2.0, stride_s=2.0)
+    data = PretrainDataModule(
+        adapter,
+        batch_size=8,
+        samples_per_trial=1,
+        trials_per_patient=1,
+        split=SplitConfig(method="fold"),
+        seed=3,
+        run_dir=str(tmp_path),
+    )
+    objective = CropAgreementFixedInEval()
+    module = PretrainModule(TsaiEncoder(arch="FCN", in_channels=12), objective, lr=1e-3, warmup_epochs=0)
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=2,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=data)
+
+    assert objective.training_flags == [True, True, False, False]
+    train_offsets = torch.cat([b["offsets"] for b in objective.batches[:2]])
+    val_offsets = torch.cat([b["offsets"] for b in objective.batches[2:]])
+    assert bool((train_offsets > 0).any())  # random crops (64-sample crops of 200-sample windows)
+    assert torch.equal(val_offsets, torch.zeros_like(val_offsets))
+    assert type(data.dataset("train").item_transform) is RandomCropPair
+    assert type(data.dataset("val").item_transform) is FirstCropPair
+    assert type(data.dataset("test").item_transform) is FirstCropPair
+    # the base class's default (None): validation samples get the training transform
+    assert CropAgreement().eval_item_transform("signal") is None
