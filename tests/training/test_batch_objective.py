@@ -66,8 +66,8 @@ class CropAgreement(BatchObjective):
         self.steps_seen += 1
 
 
-def test_batch_objective_gets_seeded_items_and_step_hook(bundled_ptbxl, tmp_path) -> None:
-    L.seed_everything(0)
+def _bundled_data(bundled_ptbxl, tmp_path) -> tuple[SignalAdapter, PretrainDataModule]:
+    """Batches of 8 single 2 s windows of the bundled PTB-XL records, data seed 3."""
     adapter = SignalAdapter(root=str(bundled_ptbxl), window_s=2.0, stride_s=2.0)
     data = PretrainDataModule(
         adapter,
@@ -78,6 +78,12 @@ def test_batch_objective_gets_seeded_items_and_step_hook(bundled_ptbxl, tmp_path
         seed=3,
         run_dir=str(tmp_path),
     )
+    return adapter, data
+
+
+def test_batch_objective_gets_seeded_items_and_step_hook(bundled_ptbxl, tmp_path) -> None:
+    L.seed_everything(0)
+    adapter, data = _bundled_data(bundled_ptbxl, tmp_path)
     objective = CropAgreement()
     encoder = TsaiEncoder(arch="FCN", in_channels=12)
     module = PretrainModule(encoder, objective, lr=1e-3, warmup_epochs=0)
@@ -140,16 +146,7 @@ def test_validation_samples_get_the_objectives_eval_transform(bundled_ptbxl, tmp
     """An objective's eval_item_transform (e.g. without augmentation) makes the validation and test
     items; training items keep item_transform; without one, every split gets item_transform."""
     L.seed_everything(0)
-    adapter = SignalAdapter(root=str(bundled_ptbxl), window_s=2.0, stride_s=2.0)
-    data = PretrainDataModule(
-        adapter,
-        batch_size=8,
-        samples_per_trial=1,
-        trials_per_patient=1,
-        split=SplitConfig(method="fold"),
-        seed=3,
-        run_dir=str(tmp_path),
-    )
+    _, data = _bundled_data(bundled_ptbxl, tmp_path)
     objective = CropAgreementFixedInEval()
     module = PretrainModule(TsaiEncoder(arch="FCN", in_channels=12), objective, lr=1e-3, warmup_epochs=0)
     trainer = L.Trainer(
